@@ -1,0 +1,54 @@
+"""``python -m benchflow [-m] KEY=VALUE…`` runs trials (a Hydra app);
+``benchflow <command> …`` runs the other verbs (``benchflow --commands`` lists them).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from benchflow.config import CONFIG_NAME, EXIT_CONFIG, ConfigError, conf_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from benchflow import cli
+
+    if argv and (argv[0] in cli.COMMANDS or argv[0] == "--commands"):
+        cli.main(argv)
+        return
+    _prevalidate(argv)
+    sys.argv = [sys.argv[0], *argv]
+    hydra_app()
+
+
+def _prevalidate(argv: list[str]) -> None:
+    """Compose and validate every trial before Hydra starts any (exit 2 on a bad config)."""
+    from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.help or args.hydra_help or args.cfg or args.shell_completion or args.info:
+        return  # Hydra's own informational modes
+    multirun = args.multirun or any(
+        o.replace(" ", "") == "hydra.mode=MULTIRUN" for o in args.overrides
+    )
+    from benchflow.config import compose_trials
+
+    try:
+        compose_trials(args.overrides, multirun, args.config_dir)
+    except ConfigError as exc:
+        print(f"benchflow: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+@hydra.main(config_path=str(conf_dir()), config_name=CONFIG_NAME, version_base="1.3")
+def hydra_app(cfg: DictConfig):
+    from benchflow.jobs import run_job
+
+    return run_job(cfg)
+
+
+if __name__ == "__main__":
+    main()

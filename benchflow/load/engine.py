@@ -1,0 +1,385 @@
+"""The load engine: runs a driver's operation in closed or open loop.
+
+Closed loop keeps ``concurrency`` requests in flight. Open loop starts requests
+at the intended times of a :class:`~benchflow.load.schedule.Schedule`, with at
+most ``concurrency`` in flight; when all are busy the next request starts late
+and its latency, measured from the intended time, shows it.
+
+Sync drivers run on ``concurrency`` threads; async drivers on one event loop.
+Each request records intended, start, first-byte and end times
+(``time.perf_counter_ns`` relative to the phase's window start).
+
+A phase never hangs on a dead SUT: when requests have been in flight for
+``stall_timeout_s`` and none has completed in that time, the phase is abandoned
+and the requests still in flight are counted as timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import selectors
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from benchflow.load.recorder import Recorder, Recording
+from benchflow.load.schedule import Schedule
+
+log = logging.getLogger("benchflow.load")
+
+pc = time.perf_counter_ns
+
+# Sleep until this close to a deadline, then yield-spin: time.sleep alone
+# overshoots by ~0.1 ms here, the default asyncio loop by ~0.5 ms.
+_SPIN_NS = 250_000
+# select() takes microsecond timeouts (epoll only milliseconds) but is limited to
+# FD_SETSIZE descriptors; above this many workers use the default loop.
+_SELECT_MAX_WORKERS = 512
+
+
+class RequestContext:
+    """Handed to every ``operation`` call; one per worker, reused between requests."""
+
+    __slots__ = ("_buf", "first_byte_ns", "seq", "state", "worker")
+
+    def __init__(self, worker: int, state: Any, buf) -> None:
+        self.worker = worker
+        self.state = state  # whatever the driver's open_worker() returned
+        self.seq = 0  # the request's index in its phase (per worker in closed loop)
+        self.first_byte_ns = 0
+        self._buf = buf
+
+    def first_byte(self) -> None:
+        """Mark the arrival of the first byte/token of the response."""
+        if not self.first_byte_ns:
+            self.first_byte_ns = pc()
+
+    def observe(self, name: str, value_ns: int) -> None:
+        """Record a driver-specific duration (e.g. an inter-token gap) into histogram ``name``."""
+        self._buf.observe(name, int(value_ns))
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str  # "warmup" or "measure"
+    concurrency: int
+    duration_s: float | None = None  # bounded by time ...
+    requests: int | None = None  # ... or by a count (takes precedence)
+    rate: float | None = None  # None: closed loop
+    arrival: Literal["constant", "poisson"] = "poisson"
+    seed: int = 0
+    stream: int = 0  # independent schedule stream (phase, client shard)
+    start_wall_ns: int | None = None  # start at this wall-clock time (multi-client alignment)
+
+    @property
+    def open_loop(self) -> bool:
+        return self.rate is not None
+
+
+def sleep_until(deadline_ns: int) -> None:
+    while True:
+        dt = deadline_ns - pc()
+        if dt <= 0:
+            return
+        time.sleep((dt - _SPIN_NS) / 1e9 if dt > _SPIN_NS else 0)
+
+
+async def asleep_until(deadline_ns: int) -> None:
+    while True:
+        dt = deadline_ns - pc()
+        if dt <= 0:
+            return
+        await asyncio.sleep((dt - _SPIN_NS) / 1e9 if dt > _SPIN_NS else 0)
+
+
+def error_class(driver, exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "timeout"
+    return driver.classify_error(exc)
+
+
+class Engine:
+    """Runs phases of load against one driver with a fixed pool of workers."""
+
+    def __init__(self, driver, concurrency: int, stall_timeout_s: float = 60.0) -> None:
+        self.driver = driver
+        self.concurrency = concurrency
+        self.stall_timeout_s = stall_timeout_s
+        self.is_async = inspect.iscoroutinefunction(driver.operation)
+        self.recorder: Recorder | None = None  # the running phase's, for progress bars
+
+    def run(self, phases: list[Phase], before=None) -> list[Recording]:
+        """Run ``phases`` in order; ``before(i)`` is called just before phase ``i`` starts.
+
+        Workers (``driver.open_worker``) are opened once, before the first phase,
+        so connection set-up is never measured.
+        """
+        if self.is_async:
+            return self._run_async(phases, before)
+        states = [self.driver.open_worker(w) for w in range(self.concurrency)]
+        try:
+            out = []
+            for i, phase in enumerate(phases):
+                if before:
+                    before(i)
+                out.append(self._run_threads(phase, states))
+            return out
+        finally:
+            for s in states:
+                self.driver.close_worker(s)
+
+    # -- threads -----------------------------------------------------------------
+    def _run_threads(self, phase: Phase, states: list) -> Recording:
+        window_ns, sched, quota = _plan(phase)
+        rec = self.recorder = Recorder(window_ns)
+        t0 = _start(phase)
+        rec.recording.wall_start_s = time.time() - (pc() - t0) / 1e9
+        end = t0 + window_ns if window_ns else None
+        abandoned = threading.Event()
+        inflight: dict[int, int] = {}
+        op, drv = self.driver.operation, self.driver
+
+        def worker(w: int) -> None:
+            buf = rec.buffer()
+            ctx = RequestContext(w, states[w], buf)
+            add, n = buf.add, 0
+            while True:
+                if sched is not None:
+                    slot = sched.take()
+                    if slot is None:
+                        return
+                    intended = t0 + slot[1]
+                    sleep_until(intended)
+                    ctx.seq = slot[0]
+                    start = pc()
+                else:
+                    if quota is not None and not quota.take():
+                        return
+                    start = intended = pc()
+                    if end is not None and start >= end:
+                        return
+                    ctx.seq = n
+                ctx.first_byte_ns = 0
+                inflight[w] = start
+                try:
+                    size = op(ctx)
+                    code = 0
+                except Exception as exc:  # the driver's failure is data, not a crash
+                    size, code = 0, rec.code_of(error_class(drv, exc))
+                stop = pc()
+                del inflight[w]
+                if abandoned.is_set():
+                    return
+                fb = ctx.first_byte_ns
+                add(intended - t0, start - t0, fb - t0 if fb else 0, stop - t0, size or 0, code)
+                n += 1
+                if n % Recorder.FLUSH_EVERY == 0:
+                    rec.flush(buf)
+
+        threads = [
+            threading.Thread(target=worker, args=(w,), name=f"bf-worker-{w}", daemon=True)
+            for w in range(self.concurrency)
+        ]
+        for t in threads:
+            t.start()
+        watch = _StallWatch(rec, inflight, self.stall_timeout_s)
+        while alive := [t for t in threads if t.is_alive()]:
+            alive[0].join(0.05)
+            if watch.stalled():
+                # Threads cannot be interrupted: leave them (daemons) and stop recording.
+                abandoned.set()
+                watch.count_inflight_as_timeouts()
+                break
+        return rec.finish()
+
+    # -- asyncio -----------------------------------------------------------------
+    def _run_async(self, phases: list[Phase], before) -> list[Recording]:
+        if self.concurrency <= _SELECT_MAX_WORKERS:
+            loop = asyncio.SelectorEventLoop(selectors.SelectSelector())
+        else:
+            loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(self._async_main(phases, before))
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _async_main(self, phases: list[Phase], before) -> list[Recording]:
+        states = [await _maybe_await(self.driver.open_worker(w)) for w in range(self.concurrency)]
+        try:
+            out = []
+            for i, phase in enumerate(phases):
+                if before:
+                    await asyncio.get_running_loop().run_in_executor(None, before, i)
+                out.append(await self._run_async_phase(phase, states))
+            return out
+        finally:
+            for s in states:
+                await _maybe_await(self.driver.close_worker(s))
+
+    async def _run_async_phase(self, phase: Phase, states: list) -> Recording:
+        window_ns, sched, quota = _plan(phase)
+        rec = self.recorder = Recorder(window_ns)
+        if phase.start_wall_ns is not None:
+            await asleep_until(pc() + max(0, phase.start_wall_ns - time.time_ns()))
+        t0 = _start(phase)
+        rec.recording.wall_start_s = time.time() - (pc() - t0) / 1e9
+        end = t0 + window_ns if window_ns else None
+        op, drv = self.driver.operation, self.driver
+        inflight: dict[int, int] = {}
+        bufs = [rec.buffer() for _ in range(self.concurrency)]
+        ctxs = [RequestContext(w, states[w], bufs[w]) for w in range(self.concurrency)]
+
+        async def one(w: int, intended: int, seq: int) -> None:
+            ctx, buf = ctxs[w], bufs[w]
+            ctx.first_byte_ns = 0
+            ctx.seq = seq
+            start = inflight[w] = pc()
+            try:
+                size = await op(ctx)
+                code = 0
+            except Exception as exc:
+                size, code = 0, rec.code_of(error_class(drv, exc))
+            finally:
+                inflight.pop(w, None)
+            stop = pc()
+            fb = ctx.first_byte_ns
+            buf.add(intended - t0, start - t0, fb - t0 if fb else 0, stop - t0, size or 0, code)
+            if len(buf) >= Recorder.FLUSH_EVERY:
+                rec.flush(buf)
+
+        async def closed(w: int) -> None:
+            n = 0
+            while True:
+                if quota is not None and not quota.take():
+                    return
+                now = pc()
+                if end is not None and now >= end:
+                    return
+                await one(w, now, n)
+                n += 1
+
+        async def dispatch() -> None:
+            free: asyncio.Queue[int] = asyncio.Queue()
+            for w in range(self.concurrency):
+                free.put_nowait(w)
+            running: set[asyncio.Task] = set()
+
+            async def run_slot(w: int, intended: int, seq: int) -> None:
+                try:
+                    await one(w, intended, seq)
+                finally:
+                    free.put_nowait(w)
+
+            try:
+                while (slot := sched.take()) is not None:
+                    intended = t0 + slot[1]
+                    await asleep_until(intended)
+                    w = await free.get()  # all workers busy: this request starts late
+                    task = asyncio.ensure_future(run_slot(w, intended, slot[0]))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                while running:
+                    await asyncio.wait(set(running))
+            finally:
+                for t in running:
+                    t.cancel()
+
+        if sched is None:
+            tasks = {asyncio.ensure_future(closed(w)) for w in range(self.concurrency)}
+        else:
+            tasks = {asyncio.ensure_future(dispatch())}
+        watch = _StallWatch(rec, inflight, self.stall_timeout_s)
+        pending = tasks
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=0.05)
+            if pending and watch.stalled():
+                watch.count_inflight_as_timeouts()
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                break
+        return rec.finish()
+
+
+class _StallWatch:
+    """Detects a phase that stopped making progress (a dead or hung SUT)."""
+
+    def __init__(self, rec: Recorder, inflight: dict[int, int], timeout_s: float) -> None:
+        self.rec, self.inflight, self.timeout_ns = rec, inflight, int(timeout_s * 1e9)
+        self.last_done, self.last_change = -1, pc()
+
+    def stalled(self) -> bool:
+        now, done = pc(), self.rec.done()
+        if done != self.last_done:
+            self.last_done, self.last_change = done, now
+            return False
+        oldest = min(self.inflight.values(), default=now)
+        return now - self.last_change > self.timeout_ns and now - oldest > self.timeout_ns
+
+    def count_inflight_as_timeouts(self) -> None:
+        n = len(self.inflight)
+        log.warning(
+            "no request completed for %.0f s with %d in flight: phase abandoned, "
+            "in-flight requests counted as timeouts",
+            self.timeout_ns / 1e9,
+            n,
+        )
+        self.rec.recording.add_failure("timeout", n)
+        self.rec.recording.abandoned = True
+
+
+class _Quota:
+    """A shared count of requests left (count-bounded closed-loop phases)."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.left <= 0:
+                return False
+            self.left -= 1
+            return True
+
+
+def _start(phase: Phase) -> int:
+    """The phase's t0 on this process's perf clock.
+
+    With a shared wall-clock start (several clients), a client that is late
+    still counts from the shared start, so the windows of all clients coincide
+    and a late start shows as lag, not as a shifted window.
+    """
+    if phase.start_wall_ns is None:
+        return pc()
+    sleep_until(pc() + max(0, phase.start_wall_ns - time.time_ns()))
+    return pc() - max(0, time.time_ns() - phase.start_wall_ns)
+
+
+def _plan(phase: Phase) -> tuple[int, Schedule | None, _Quota | None]:
+    """Window length (ns, 0 when count-bounded), open-loop schedule, closed-loop quota."""
+    by_count = phase.requests is not None
+    window_ns = 0 if by_count else int(phase.duration_s * 1e9)
+    sched = quota = None
+    if phase.open_loop:
+        sched = Schedule(
+            phase.rate,
+            phase.arrival,
+            phase.seed,
+            duration_s=None if by_count else phase.duration_s,
+            count=phase.requests if by_count else None,
+            stream=phase.stream,
+        )
+    elif by_count:
+        quota = _Quota(phase.requests)
+    return window_ns, sched, quota
+
+
+async def _maybe_await(x):
+    if inspect.isawaitable(x):
+        return await x
+    return x

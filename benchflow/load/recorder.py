@@ -1,0 +1,290 @@
+"""Per-request timestamps in, mergeable distributions out.
+
+Workers append raw integers (ns) to per-worker buffers on the hot path; every few
+thousand requests (and at the end of a phase) the buffers are folded into
+histograms and 1-second bins with numpy, so memory stays bounded however long
+the phase runs. A :class:`Recording` is what one client process produces for one
+phase; recordings from several processes or nodes merge exactly (counts add).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from benchflow.load.histogram import LogHistogram
+
+# Distributions every phase keeps (ns, successful requests only):
+#   latency:  end - intended   (what a user waiting for the request sees)
+#   service:  end - start      (what the SUT took once the request was sent)
+#   ttfb:     first byte - intended (only for requests whose driver marks it)
+#   lag:      start - intended (how late the generator dispatched; 0 in closed loop)
+CORE = ("latency", "service", "ttfb", "lag")
+
+# Per-second latency bins are coarser: 1% is plenty for a time series.
+SECOND_REL_ERROR = 0.01
+OK = 0
+
+
+class WorkerBuffer:
+    """Raw columns of one worker. Appends are the only thing on the hot path."""
+
+    __slots__ = ("code", "end", "extras", "first_byte", "intended", "size", "start")
+
+    def __init__(self) -> None:
+        self.intended = array("q")
+        self.start = array("q")
+        self.first_byte = array("q")
+        self.end = array("q")
+        self.size = array("q")
+        self.code = array("h")
+        self.extras: dict[str, array] = {}
+
+    def __len__(self) -> int:
+        return len(self.end)
+
+    def add(self, intended: int, start: int, first_byte: int, end: int, size: int, code: int):
+        self.intended.append(intended)
+        self.start.append(start)
+        self.first_byte.append(first_byte)
+        self.end.append(end)
+        self.size.append(size)
+        self.code.append(code)
+
+    def observe(self, name: str, value_ns: int) -> None:
+        col = self.extras.get(name)
+        if col is None:
+            col = self.extras[name] = array("q")
+        col.append(value_ns)
+
+    def drain(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        cols = {
+            name: np.frombuffer(
+                getattr(self, name), dtype=np.int64 if name != "code" else np.int16
+            ).copy()
+            for name in ("intended", "start", "first_byte", "end", "size", "code")
+        }
+        extras = {k: np.frombuffer(v, dtype=np.int64).copy() for k, v in self.extras.items()}
+        for name in ("intended", "start", "first_byte", "end", "size"):
+            setattr(self, name, array("q"))
+        self.code = array("h")
+        self.extras = {}
+        return cols, extras
+
+
+@dataclass
+class Recording:
+    """What one phase measured, in one client process or merged over many.
+
+    All times are ns relative to the phase's window start, which is shared (by
+    wall clock) between the clients of a trial.
+    """
+
+    window_ns: int = 0  # scheduled length of the phase (0 when bounded by a count)
+    hist: dict[str, LogHistogram] = field(default_factory=dict)
+    ok: int = 0
+    size_ok: int = 0
+    errors: Counter = field(default_factory=Counter)
+    timeouts: int = 0
+    started: int = 0
+    first_intended_ns: float = math.inf
+    last_start_ns: float = -math.inf
+    last_end_ns: float = -math.inf
+    # 1-second bins by completion time
+    sec_ok: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    sec_err: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    sec_size: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    sec_hist_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    sec_hist_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    clients: int = 1
+    failed_clients: list[str] = field(default_factory=list)
+    abandoned: bool = False  # the stall watchdog ended the phase
+    wall_start_s: float = 0.0  # wall clock of the window start (for the monitor)
+
+    def __post_init__(self) -> None:
+        for name in CORE:
+            self.hist.setdefault(name, LogHistogram())
+        self._sec_hist = LogHistogram(rel_error=SECOND_REL_ERROR)
+
+    @property
+    def total(self) -> int:
+        return self.ok + sum(self.errors.values())
+
+    # -- folding raw columns -----------------------------------------------------
+    def fold(self, cols: dict[str, np.ndarray], extras: dict[str, np.ndarray], classes: list[str]):
+        if len(cols["end"]):
+            self._fold_requests(cols, classes)
+        for name, values in extras.items():
+            self.hist.setdefault(f"x.{name}", LogHistogram()).record_many(values)
+
+    def _fold_requests(self, c: dict[str, np.ndarray], classes: list[str]) -> None:
+        ok = c["code"] == OK
+        self.started += len(c["end"])
+        self.first_intended_ns = min(self.first_intended_ns, float(c["intended"].min()))
+        self.last_start_ns = max(self.last_start_ns, float(c["start"].max()))
+        self.last_end_ns = max(self.last_end_ns, float(c["end"].max()))
+        lat = (c["end"] - c["intended"])[ok]
+        self.hist["latency"].record_many(lat)
+        self.hist["service"].record_many((c["end"] - c["start"])[ok])
+        self.hist["lag"].record_many(np.maximum(c["start"] - c["intended"], 0))
+        fb = ok & (c["first_byte"] > 0)
+        if fb.any():
+            self.hist["ttfb"].record_many((c["first_byte"] - c["intended"])[fb])
+        self.ok += int(ok.sum())
+        self.size_ok += int(c["size"][ok].sum())
+        if not ok.all():
+            codes, n = np.unique(c["code"][~ok], return_counts=True)
+            for code, cnt in zip(codes.tolist(), n.tolist(), strict=True):
+                name = classes[code]
+                self.errors[name] += cnt
+                if name == "timeout":
+                    self.timeouts += cnt
+        # 1-second bins by completion time; a request finishing during the drain
+        # lands in the second it finished in.
+        sec = np.maximum(c["end"], 0) // 1_000_000_000
+        n = int(sec.max()) + 1
+        self._grow(n)
+        self.sec_ok[:n] += np.bincount(sec[ok], minlength=n)
+        self.sec_err[:n] += np.bincount(sec[~ok], minlength=n)
+        self.sec_size[:n] += np.bincount(sec[ok], weights=c["size"][ok], minlength=n).astype(
+            np.int64
+        )
+        keys = sec[ok] * self._sec_hist.nbuckets + self._sec_hist.bucket_of(lat)
+        self._add_sec_keys(*np.unique(keys, return_counts=True))
+
+    def _grow(self, n: int) -> None:
+        if n > len(self.sec_ok):
+            pad = n - len(self.sec_ok)
+            self.sec_ok = np.concatenate([self.sec_ok, np.zeros(pad, np.int64)])
+            self.sec_err = np.concatenate([self.sec_err, np.zeros(pad, np.int64)])
+            self.sec_size = np.concatenate([self.sec_size, np.zeros(pad, np.int64)])
+
+    def _add_sec_keys(self, keys: np.ndarray, counts: np.ndarray) -> None:
+        allk = np.concatenate([self.sec_hist_keys, keys])
+        allc = np.concatenate([self.sec_hist_counts, counts])
+        uk, inv = np.unique(allk, return_inverse=True)
+        self.sec_hist_keys = uk
+        self.sec_hist_counts = np.bincount(inv, weights=allc).astype(np.int64)
+
+    def add_failure(self, error_class: str, count: int = 1) -> None:
+        self.errors[error_class] += count
+        if error_class == "timeout":
+            self.timeouts += count
+
+    # -- merging -----------------------------------------------------------------
+    def merge(self, other: Recording) -> Recording:
+        for name, h in other.hist.items():
+            self.hist.setdefault(name, LogHistogram(rel_error=h.rel_error)).merge(h)
+        self.ok += other.ok
+        self.size_ok += other.size_ok
+        self.errors.update(other.errors)
+        self.timeouts += other.timeouts
+        self.started += other.started
+        self.window_ns = max(self.window_ns, other.window_ns)
+        self.wall_start_s = min(self.wall_start_s or other.wall_start_s, other.wall_start_s)
+        self.first_intended_ns = min(self.first_intended_ns, other.first_intended_ns)
+        self.last_start_ns = max(self.last_start_ns, other.last_start_ns)
+        self.last_end_ns = max(self.last_end_ns, other.last_end_ns)
+        self._grow(len(other.sec_ok))
+        n = len(other.sec_ok)
+        self.sec_ok[:n] += other.sec_ok
+        self.sec_err[:n] += other.sec_err
+        self.sec_size[:n] += other.sec_size
+        self._add_sec_keys(other.sec_hist_keys, other.sec_hist_counts)
+        self.clients += other.clients
+        self.failed_clients += other.failed_clients
+        self.abandoned = self.abandoned or other.abandoned
+        return self
+
+    # -- derived figures ---------------------------------------------------------
+    def elapsed_s(self) -> float:
+        """Window start to the last completion (or the scheduled window, if longer)."""
+        last = max(self.last_end_ns, self.window_ns, 0)
+        return last / 1e9 if last > 0 else 0.0
+
+    def achieved_rate(self) -> float | None:
+        """Requests started per second: (n - 1) / (last start - first intended)."""
+        span = self.last_start_ns - self.first_intended_ns
+        if self.started < 2 or span <= 0:
+            return None
+        return (self.started - 1) / (span / 1e9)
+
+    def per_second(self) -> list[dict]:
+        """The 1-second series: ok, errors, size, p50 and p99 latency (ms) per second.
+
+        Only whole seconds of a time-bounded window are reported: the requests
+        that complete while the phase drains would make a misleading last point.
+        """
+        nb = self._sec_hist.nbuckets
+        secs = self.sec_hist_keys // nb
+        buckets = self.sec_hist_keys % nb
+        n = len(self.sec_ok)
+        if self.window_ns:
+            n = min(n, max(1, self.window_ns // 1_000_000_000))
+        rows = []
+        for s in range(n):
+            sel = secs == s
+            row = {
+                "second": s,
+                "ok": int(self.sec_ok[s]),
+                "errors": int(self.sec_err[s]),
+                "size": int(self.sec_size[s]),
+                "p50_ms": None,
+                "p99_ms": None,
+            }
+            if sel.any():
+                b, cnt = buckets[sel], self.sec_hist_counts[sel]
+                cum = np.cumsum(cnt)
+                for q, key in ((50, "p50_ms"), (99, "p99_ms")):
+                    rank = max(1, math.ceil(q / 100 * cum[-1]))
+                    i = int(np.searchsorted(cum, rank))
+                    row[key] = float(self._sec_hist.upper_edge(b[i])) / 1e6
+            rows.append(row)
+        return rows
+
+
+class Recorder:
+    """Collects the buffers of all workers of one phase into a :class:`Recording`."""
+
+    FLUSH_EVERY = 8192
+
+    def __init__(self, window_ns: int = 0) -> None:
+        self.recording = Recording(window_ns=window_ns)
+        self.classes: list[str] = ["ok"]
+        self._class_codes: dict[str, int] = {"ok": OK}
+        self._lock = threading.Lock()
+        self.buffers: list[WorkerBuffer] = []
+
+    def buffer(self) -> WorkerBuffer:
+        buf = WorkerBuffer()
+        with self._lock:
+            self.buffers.append(buf)
+        return buf
+
+    def code_of(self, error_class: str) -> int:
+        code = self._class_codes.get(error_class)
+        if code is None:
+            with self._lock:
+                code = self._class_codes.setdefault(error_class, len(self.classes))
+                if code == len(self.classes):
+                    self.classes.append(error_class)
+        return code
+
+    def flush(self, buf: WorkerBuffer) -> None:
+        cols, extras = buf.drain()
+        with self._lock:
+            self.recording.fold(cols, extras, self.classes)
+
+    def finish(self) -> Recording:
+        for buf in list(self.buffers):
+            self.flush(buf)
+        return self.recording
+
+    def done(self) -> int:
+        """Requests recorded so far (approximate while workers run; for progress bars)."""
+        return self.recording.total + sum(len(b) for b in self.buffers)

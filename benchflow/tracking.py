@@ -1,0 +1,399 @@
+"""Everything that talks to MLflow: experiments, sweep parent runs, trial upload, sync.
+
+A trial is written to disk first and uploaded from its files afterwards, by the
+same function whether it runs right after the trial or later in ``benchflow
+sync``. The upload is keyed by the trial id and idempotent: the run id is kept in
+``upload.json`` (and found again by the ``benchflow.trial_id`` tag if that file
+was lost); params, metrics (with fixed timestamps) and artifacts are re-sent
+identically; the run is marked complete (``benchflow.upload=complete``) last. A
+second upload of a complete trial does nothing, and one interrupted half-way is
+completed in place, never duplicated.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from benchflow import lineage
+from benchflow.config import flatten
+from benchflow.result import read_csv, read_json, write_json
+from benchflow.secrets import is_secret_key, mask, secret_values
+
+log = logging.getLogger("benchflow.tracking")
+
+UPLOAD_MARKER = "upload.json"
+MAX_PARAM_LEN = 6000  # MLflow 3's limit for a param value
+TAG_COMPLETE = "benchflow.upload"
+
+
+def client(uri: str | None = None, http_timeout_s: float = 10, http_retries: int = 2):
+    """An MlflowClient; ``uri=None`` is MLflow's own default store (env or ./mlflow.db).
+
+    MLflow's HTTP client retries for minutes by default; a benchmark must not
+    stall on an unreachable server (results are safe on disk), so both are bounded.
+    """
+    from mlflow import MlflowClient
+
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(http_timeout_s))
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(http_retries)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    return MlflowClient(tracking_uri=uri)
+
+
+def resolved_uri(uri: str | None) -> str:
+    """The store a ``None`` URI means here and now (recorded so sync goes to the same one)."""
+    if uri:
+        return uri
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+def ensure_experiment(c, name: str) -> str:
+    """The id of experiment ``name``, created if needed (safe when processes race)."""
+    from mlflow.exceptions import MlflowException
+
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            c.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return c.create_experiment(name)
+    except MlflowException:
+        exp = c.get_experiment_by_name(name)  # someone else created it meanwhile
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def find_run(c, experiment_id: str, tag: str, value: str):
+    runs = c.search_runs([experiment_id], filter_string=f"tags.`{tag}` = '{value}'", max_results=2)
+    return runs[0] if runs else None
+
+
+# -- sweeps ------------------------------------------------------------------------
+def start_sweep(c, experiment: str, sweep_id: str, scenario: str, overrides: list[str]) -> str:
+    """Create (or find) the parent run of a sweep; returns its run id."""
+    exp_id = ensure_experiment(c, experiment)
+    existing = find_run(c, exp_id, "benchflow.sweep_id", sweep_id)
+    if existing is not None:
+        return existing.info.run_id
+    tags = {
+        "benchflow.sweep_id": sweep_id,
+        "benchflow.role": "sweep",
+        "benchflow.scenario": scenario,
+        "benchflow.overrides": " ".join(overrides)[:5000],
+        **lineage.tags(),
+    }
+    run = c.create_run(exp_id, tags=tags, run_name=f"sweep {sweep_id}")
+    return run.info.run_id
+
+
+def finish_sweep(c, run_id: str, summary_files: list[Path], counts: dict[str, int]) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    c.log_batch(
+        run_id, metrics=[Metric(f"trials.{k}", float(v), now, 0) for k, v in counts.items()]
+    )
+    for f in summary_files:
+        c.log_artifact(run_id, str(f))
+    c.set_terminated(run_id, "FAILED" if counts.get("failed") else "FINISHED")
+
+
+def _parent_for(c, exp_id: str, meta: dict) -> str | None:
+    sweep = meta.get("sweep")
+    if not sweep:
+        return None
+    if sweep.get("parent_run_id") and sweep.get("tracking_uri") == meta.get("tracking_uri"):
+        return sweep["parent_run_id"]
+    found = find_run(c, exp_id, "benchflow.sweep_id", sweep["sweep_id"])
+    if found is not None:
+        return found.info.run_id
+    run = c.create_run(
+        exp_id,
+        tags={
+            "benchflow.sweep_id": sweep["sweep_id"],
+            "benchflow.role": "sweep",
+            "benchflow.scenario": meta["scenario"],
+            "benchflow.created_by": "sync",
+        },
+        run_name=f"sweep {sweep['sweep_id']}",
+    )
+    c.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+# -- trials ------------------------------------------------------------------------
+@dataclass
+class TrialState:
+    """What the files of a trial directory say about it."""
+
+    trial_dir: Path
+    meta: dict[str, Any]
+    status: str  # finished | failed | running | incomplete
+    uploaded: bool
+
+    @property
+    def trial_id(self) -> str:
+        return self.meta["trial_id"]
+
+
+def inspect_trial(trial_dir: Path) -> TrialState:
+    """Read a trial directory; raises ValueError when it is corrupt."""
+    try:
+        meta = read_json(trial_dir / "meta.json")
+        _ = meta["trial_id"], meta["status"], meta["scenario"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"unreadable meta.json: {exc}") from None
+    status = meta["status"]
+    if status == "running" and not _alive(meta):
+        status = "incomplete"
+    if status == "finished":
+        from benchflow.result import load_result
+
+        try:
+            load_result(trial_dir)
+        except Exception as exc:
+            raise ValueError(f"corrupt metrics.json: {str(exc).splitlines()[0]}") from None
+    marker = trial_dir / UPLOAD_MARKER
+    uploaded = False
+    if marker.exists():
+        try:
+            uploaded = read_json(marker).get("state") == "complete"
+        except (OSError, ValueError):
+            uploaded = False
+    return TrialState(trial_dir, meta, status, uploaded)
+
+
+def _alive(meta: dict) -> bool:
+    proc = meta.get("process") or {}
+    if proc.get("host") != socket.gethostname():
+        return False  # another node: only Slurm can tell; treat as not running here
+    try:
+        p = psutil.Process(int(proc["pid"]))
+        return abs(p.create_time() - float(proc["create_time"])) < 1.0
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        return False
+
+
+_RUN_STATUS = {"finished": "FINISHED", "failed": "FAILED", "incomplete": "KILLED"}
+
+
+def upload_trial(trial_dir: Path, c=None, uri: str | None = None) -> str:
+    """Upload one trial directory to MLflow (idempotently); returns the run id.
+
+    ``uri`` overrides the store the trial was run against (``meta.tracking_uri``).
+    """
+    from mlflow.entities import Metric, Param, RunTag
+
+    state = inspect_trial(trial_dir)
+    meta = state.meta
+    if state.status == "running":
+        raise RuntimeError(f"trial {state.trial_id} is still running")
+    target_uri = uri or meta.get("tracking_uri")
+    c = c or client(target_uri)
+    marker_path = trial_dir / UPLOAD_MARKER
+    marker = read_json(marker_path) if marker_path.exists() else {}
+    if marker.get("state") == "complete" and marker.get("tracking_uri") == target_uri:
+        return marker["run_id"]
+
+    exp_id = ensure_experiment(c, meta["experiment"])
+    run_id = None
+    if marker.get("tracking_uri") == target_uri and marker.get("run_id"):
+        run_id = marker["run_id"]
+    else:
+        found = find_run(c, exp_id, "benchflow.trial_id", state.trial_id)
+        run_id = found.info.run_id if found else None
+    metrics_path = trial_dir / "metrics.json"
+    result = read_json(metrics_path) if state.status == "finished" else None
+    tags = _trial_tags(meta, result, state.status)
+    parent = _parent_for(c, exp_id, meta)
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    if run_id is None:
+        run = c.create_run(
+            exp_id,
+            start_time=int(meta["started_at_epoch"] * 1000),
+            tags=tags,
+            run_name=meta.get("run_name"),
+        )
+        run_id = run.info.run_id
+        write_json(marker_path, {"run_id": run_id, "tracking_uri": target_uri, "state": "started"})
+
+    end_ms = int((meta.get("ended_at_epoch") or meta["started_at_epoch"]) * 1000)
+    params = [Param(k, v) for k, v in _params(trial_dir, meta).items()]
+    metrics = []
+    if result is not None:
+        from benchflow.result import TrialResult, metrics_flat
+
+        flat = metrics_flat(TrialResult.model_validate(result))
+        metrics += [Metric(k, v, end_ms, 0) for k, v in flat.items()]
+        metrics += _series(trial_dir, meta)
+    c.log_batch(
+        run_id, metrics=metrics, params=params, tags=[RunTag(k, v) for k, v in tags.items()]
+    )
+    for f in sorted(trial_dir.rglob("*")):
+        if f.is_file() and f.name != UPLOAD_MARKER and not f.name.startswith("."):
+            rel = f.parent.relative_to(trial_dir)
+            c.log_artifact(run_id, str(f), None if str(rel) == "." else str(rel))
+    c.set_terminated(run_id, _RUN_STATUS[state.status], end_time=end_ms)
+    c.set_tag(run_id, TAG_COMPLETE, "complete")
+    write_json(
+        marker_path,
+        {
+            "run_id": run_id,
+            "tracking_uri": target_uri,
+            "state": "complete",
+            "uploaded_at": time.time(),
+        },
+    )
+    return run_id
+
+
+def _trial_tags(meta: dict, result: dict | None, status: str) -> dict[str, str]:
+    tags = dict(lineage.tags(meta["lineage"])) if meta.get("lineage") else {}
+    tags.update(
+        {
+            "benchflow.trial_id": meta["trial_id"],
+            "benchflow.scenario": meta["scenario"],
+            "benchflow.service": meta["service"],
+            "benchflow.driver": meta["driver"],
+            "benchflow.seed": str(meta["seed"]),
+            "benchflow.config_hash": meta["config_hash"],
+            "benchflow.repetition": str(meta["repetition"]),
+            "benchflow.status": status,
+            "benchflow.overrides": " ".join(meta.get("overrides", []))[:5000],
+        }
+    )
+    if meta.get("target"):
+        tags["benchflow.target"] = meta["target"]
+    if meta.get("sweep"):
+        tags["benchflow.sweep_id"] = meta["sweep"]["sweep_id"]
+    if result is not None:
+        tags["benchflow.valid"] = str(result["validity"]["valid"]).lower()
+        tags["benchflow.throughput_unit"] = result["throughput"]["unit"]
+        if result["validity"]["reasons"]:
+            tags["benchflow.invalid_reasons"] = "; ".join(result["validity"]["reasons"])[:5000]
+    else:
+        tags["benchflow.valid"] = "false"
+    err = meta.get("error")
+    if err:
+        tags["benchflow.error_class"] = err["class"]
+        tags["benchflow.error"] = err["message"][:5000]
+    elif status == "incomplete":
+        tags["benchflow.error_class"] = "incomplete"
+        tags["benchflow.error"] = "the trial process ended without finishing (killed?)"
+    return tags
+
+
+def _params(trial_dir: Path, meta: dict) -> dict[str, str]:
+    """The flattened effective config, secret keys removed, secret values masked."""
+    import yaml
+
+    cfg = yaml.safe_load((trial_dir / "effective_config.yaml").read_text()) or {}
+    known = secret_values(cfg)
+    out = {}
+    for k, v in flatten(cfg).items():
+        if is_secret_key(k):
+            continue
+        out[k] = mask(str(v), known)[:MAX_PARAM_LEN]
+    return out
+
+
+def _series(trial_dir: Path, meta: dict):
+    from mlflow.entities import Metric
+
+    base_ms = int(meta.get("window_start_epoch", meta["started_at_epoch"]) * 1000)
+    out = []
+    ts = trial_dir / "timeseries.csv"
+    if ts.exists():
+        for row in read_csv(ts):
+            step = int(row["second"])
+            for k, v in row.items():
+                if k != "second" and v not in ("", None):
+                    out.append(Metric(f"timeseries/{k}", float(v), base_ms + step * 1000, step))
+    sysf = trial_dir / "system.csv"
+    if sysf.exists():
+        for row in read_csv(sysf):
+            step = round(float(row["second"]))
+            t_ms = int(float(row["t"]) * 1000)
+            for k, v in row.items():
+                if k not in ("t", "second") and v not in ("", None):
+                    out.append(Metric(f"system/{k}", float(v), t_ms, step))
+    return out
+
+
+# -- sync --------------------------------------------------------------------------
+@dataclass
+class SyncReport:
+    uploaded: list[str] = field(default_factory=list)
+    already: list[str] = field(default_factory=list)
+    running: list[str] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)
+    corrupt: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def trial_dirs(results_dir: Path, scenario: str | None = None):
+    """Every trial directory under ``results_dir`` (``<scenario>/<trial_id>/``)."""
+    root = Path(results_dir)
+    scenarios = [root / scenario] if scenario else sorted(p for p in root.iterdir() if p.is_dir())
+    for sdir in scenarios:
+        if not sdir.is_dir() or sdir.name.startswith("_"):
+            continue
+        for tdir in sorted(sdir.iterdir()):
+            if tdir.is_dir() and not tdir.name.startswith("_"):
+                yield tdir
+
+
+def sync(
+    results_dir: Path, uri: str | None = None, scenario: str | None = None, dry_run: bool = False
+) -> SyncReport:
+    """Upload every trial not yet in MLflow. Safe to run any number of times."""
+    report = SyncReport()
+    clients: dict[str | None, Any] = {}
+    for tdir in trial_dirs(results_dir, scenario):
+        name = f"{tdir.parent.name}/{tdir.name}"
+        try:
+            state = inspect_trial(tdir)
+        except ValueError as exc:
+            report.corrupt.append((name, str(exc)))
+            continue
+        if state.status == "running":
+            report.running.append(name)
+            continue
+        target = uri or state.meta.get("tracking_uri")
+        if state.uploaded and (
+            uri is None or read_json(tdir / UPLOAD_MARKER).get("tracking_uri") == uri
+        ):
+            report.already.append(name)
+            continue
+        if state.status == "incomplete":
+            report.incomplete.append(name)
+        if dry_run:
+            report.uploaded.append(name)
+            continue
+        try:
+            if target not in clients:
+                clients[target] = client(target)
+            upload_trial(tdir, clients[target], uri=uri)
+            if state.status != "incomplete":
+                report.uploaded.append(name)
+        except Exception as exc:
+            report.failed.append((name, f"{type(exc).__name__}: {str(exc).splitlines()[0]}"))
+    return report

@@ -1,0 +1,290 @@
+"""The life of one trial (DESIGN.md): SUT up, load, result on disk, then MLflow.
+
+1. the trial directory and ``meta.json`` (status ``running``) are written first;
+2. the driver sets up the SUT and data (phases timed), the monitor starts;
+3. warm-up runs and is discarded; the measured phase runs (closed or open loop);
+4. quality is measured, the result computed, judged and written to disk;
+5. teardown runs whatever happened; ``meta.json`` gets the final status;
+6. the trial directory is uploaded to MLflow; if that fails the files stay and
+   ``benchflow sync`` uploads them later.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+
+from benchflow import lineage, tracking
+from benchflow import result as results
+from benchflow.config import TrialSpec, config_hash
+from benchflow.load.engine import Engine, Phase
+from benchflow.logs import trial_logging
+from benchflow.monitor import Monitor
+from benchflow.secrets import redact_tree
+from drivers.base import TrialContext
+
+log = logging.getLogger("benchflow.trial")
+
+
+@dataclass(frozen=True)
+class SweepInfo:
+    """Which sweep a trial belongs to (read from the sweep's manifest)."""
+
+    sweep_id: str
+    sweep_dir: str
+    parent_run_id: str | None
+    tracking_uri: str | None
+    job_num: int
+
+
+@dataclass
+class TrialOutcome:
+    trial_id: str
+    trial_dir: Path
+    status: str  # finished | failed
+    valid: bool
+    error_class: str | None = None
+    run_id: str | None = None
+    throughput: float | None = None
+    throughput_unit: str | None = None
+    p99_ms: float | None = None
+
+
+def _now_iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat()
+
+
+def run_trial(spec: TrialSpec, repetition: int = 0, sweep: SweepInfo | None = None) -> TrialOutcome:
+    cfg = spec.cfg
+    trial_id = uuid.uuid4().hex
+    trial_dir = Path(cfg.results_dir) / cfg.scenario / trial_id
+    (trial_dir / "logs").mkdir(parents=True, exist_ok=True)
+    from drivers import discovery
+
+    driver_info = discovery.info(spec.service.driver)
+    started = time.time()
+    me = psutil.Process()
+    meta = {
+        "trial_id": trial_id,
+        "status": "running",
+        "scenario": cfg.scenario,
+        "experiment": cfg.tracking.experiment,
+        "tracking_uri": tracking.resolved_uri(cfg.tracking.uri) if cfg.tracking.upload else None,
+        "service": spec.service.name,
+        "driver": spec.service.driver,
+        "driver_package": f"{driver_info.package}=={driver_info.version}",
+        "config_hash": config_hash(spec, driver_info.version),
+        "repetition": repetition,
+        "repetitions": cfg.repetitions,
+        "seed": cfg.seed,
+        "target": cfg.target,
+        "overrides": list(spec.overrides),
+        "run_name": _run_name(spec, repetition),
+        "sweep": None if sweep is None else sweep.__dict__,
+        "started_at": _now_iso(started),
+        "started_at_epoch": started,
+        "process": {"host": socket.gethostname(), "pid": me.pid, "create_time": me.create_time()},
+        "lineage": lineage.collect(spec.driver_cls.client_library),
+        "timings_s": {},
+    }
+    results.write_yaml(trial_dir / "effective_config.yaml", redact_tree(spec.resolved))
+    results.write_json(trial_dir / "meta.json", meta)
+    if driver_info.deprecated:
+        log.warning("driver %s is deprecated", driver_info.name)
+
+    outcome = TrialOutcome(trial_id, trial_dir, "failed", False)
+    with trial_logging(trial_dir / "logs", trial_id, spec.resolved):
+        log.info(
+            "trial %s: %s (repetition %d) -> %s", trial_id, spec.service.name, repetition, trial_dir
+        )
+        try:
+            res = _measure(spec, trial_id, trial_dir, meta)
+            meta["status"] = "finished"
+            outcome.status, outcome.valid = "finished", res.validity.valid
+            outcome.throughput, outcome.throughput_unit = res.throughput.value, res.throughput.unit
+            outcome.p99_ms = res.latency_ms.p99
+            if not res.validity.valid:
+                log.warning("trial marked invalid: %s", "; ".join(res.validity.reasons))
+        except BaseException as exc:
+            err_class = getattr(exc, "error_class", None) or type(exc).__name__
+            meta["status"] = "failed"
+            meta["error"] = {"class": err_class, "message": str(exc)[:4000] or err_class}
+            (trial_dir / "logs" / "traceback.txt").write_text(traceback.format_exc())
+            outcome.error_class = err_class
+            log.error("trial failed (%s): %s", err_class, exc)
+            if not isinstance(exc, Exception):  # Ctrl-C, SystemExit: record, then stop
+                _finish_meta(trial_dir, meta)
+                raise
+        _finish_meta(trial_dir, meta)
+        if cfg.tracking.upload:
+            outcome.run_id = _upload(trial_dir, cfg)
+    return outcome
+
+
+def _finish_meta(trial_dir: Path, meta: dict) -> None:
+    ended = time.time()
+    meta["ended_at"], meta["ended_at_epoch"] = _now_iso(ended), ended
+    results.write_json(trial_dir / "meta.json", meta)
+
+
+def _upload(trial_dir: Path, cfg) -> str | None:
+    t0 = time.perf_counter()
+    try:
+        c = tracking.client(
+            cfg.tracking.uri, cfg.tracking.http_timeout_s, cfg.tracking.http_retries
+        )
+        run_id = tracking.upload_trial(trial_dir, c)
+    except Exception as exc:
+        log.warning(
+            "could not log to MLflow (%s: %s); the results are safe in %s — "
+            "run `benchflow sync` when the tracking server is back",
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "",
+            trial_dir,
+        )
+        return None
+    log.info("logged to MLflow run %s in %.2f s", run_id, time.perf_counter() - t0)
+    return run_id
+
+
+def _run_name(spec: TrialSpec, repetition: int) -> str:
+    parts = [o for o in spec.overrides if not o.startswith(("hydra", "scenario="))]
+    name = " ".join([spec.service.name, *[p for p in parts if not p.startswith("service=")]])
+    if spec.cfg.repetitions > 1:
+        name += f" #{repetition}"
+    return name[:240]
+
+
+def _measure(spec: TrialSpec, trial_id: str, trial_dir: Path, meta: dict):
+    cfg = spec.cfg
+    timings = meta["timings_s"]
+    ctx = TrialContext(trial_id, spec.run_settings, trial_dir, Path(cfg.data_dir).expanduser())
+    driver = spec.driver_cls(spec.service, ctx)
+    monitor = None
+    t = time.perf_counter()
+    try:
+        driver.setup()
+        timings["setup"] = time.perf_counter() - t
+        sut_pids = driver.sut_pids()
+        monitor = Monitor(
+            cfg.monitor.interval_s,
+            sut_pids=driver.sut_pids if sut_pids else None,
+            harness_pids=lambda: [os.getpid()],
+            gpu=cfg.monitor.gpu,
+        ).start()
+        phases = _phases(cfg)
+        measure_idx = len(phases) - 1
+
+        def before(i: int) -> None:
+            if i == measure_idx:
+                driver.measure_start()
+
+        t = time.perf_counter()
+        with _progress(cfg, phases) as progress:
+            if cfg.clients > 1:
+                from benchflow.load.clients import run_clients
+
+                recs = run_clients(driver, phases, cfg.clients, cfg.stall_timeout_s, before)
+            else:
+                engine = Engine(driver, cfg.concurrency, cfg.stall_timeout_s)
+                progress.engine = engine
+                recs = engine.run(phases, before=before)
+        timings["load"] = time.perf_counter() - t
+        rec = recs[-1]
+        ctx.extra.update(driver.measure_end())
+        samples = monitor.stop()
+        t = time.perf_counter()
+        quality = driver.quality()
+        timings["quality"] = time.perf_counter() - t
+    finally:
+        t = time.perf_counter()
+        if monitor is not None:
+            monitor.stop()
+        try:
+            driver.teardown()
+        except Exception as exc:
+            log.error("teardown failed: %s", exc)
+        timings["teardown"] = time.perf_counter() - t
+    t = time.perf_counter()
+    window = (rec.wall_start_s, rec.wall_start_s + rec.elapsed_s())
+    meta["window_start_epoch"] = rec.wall_start_s
+    res = results.build(
+        trial_id=trial_id,
+        timestamp=meta["started_at"],
+        driver_cls=spec.driver_cls,
+        spec=spec,
+        rec=rec,
+        samples=samples,
+        window=window,
+        sut_in_process=not sut_pids,
+        phases=ctx.phases,
+        extra=ctx.extra,
+        quality=quality,
+        notes=ctx.notes,
+        rules=cfg.validity,
+    )
+    results.write_result_files(trial_dir, res, rec, samples, rec.wall_start_s, spec.driver_cls)
+    timings["result"] = time.perf_counter() - t
+    return res
+
+
+def _phases(cfg) -> list[Phase]:
+    common = dict(concurrency=cfg.concurrency, rate=cfg.rate, arrival=cfg.arrival, seed=cfg.seed)
+    phases = []
+    if cfg.warmup_s > 0:
+        phases.append(Phase("warmup", duration_s=cfg.warmup_s, stream=1, **common))
+    phases.append(
+        Phase("measure", duration_s=cfg.duration_s, requests=cfg.requests, stream=2, **common)
+    )
+    return phases
+
+
+class _progress:
+    """A progress bar on a terminal (or when asked); silent otherwise."""
+
+    def __init__(self, cfg, phases: list[Phase]) -> None:
+        self.enabled = cfg.progress == "on" or (cfg.progress == "auto" and sys.stdout.isatty())
+        self.phases = phases
+        self.engine: Engine | None = None
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        total = sum(p.duration_s or 0 for p in self.phases if p.requests is None)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[done]} requests"),
+            TimeRemainingColumn(),
+            transient=True,
+        ) as bar:
+            task = bar.add_task("load", total=total or None, done=0)
+            t0 = time.monotonic()
+            while not self._stop.wait(0.25):
+                rec = self.engine.recorder if self.engine else None
+                bar.update(
+                    task,
+                    completed=min(time.monotonic() - t0, total or 0),
+                    done=rec.done() if rec else 0,
+                )
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()

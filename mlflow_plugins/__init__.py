@@ -1,0 +1,1 @@
+"""MLflow plugins shipped with benchflow (registered as entry points in pyproject.toml)."""
