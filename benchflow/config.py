@@ -182,7 +182,7 @@ def _from_pydantic(
         return ConfigError(key, _MISSING, "required")
     msg = err["msg"]
     if err["type"] == "literal_error":
-        msg = "allowed: " + err["ctx"]["expected"].replace("'", "")
+        msg = "allowed: " + err["ctx"]["expected"].replace("'", "").replace(" or ", ", ")
     elif msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
         if not loc:  # a model-level rule: show the keys it is about

@@ -68,7 +68,12 @@ def _report(spec, outcomes: list[TrialOutcome]) -> None:
         else:
             print(f"{spec.service.name}: FAILED ({o.error_class}); see {o.trial_dir}/logs/")
         print(f"  results: {o.trial_dir}")
-    print(ui_hint(spec.cfg.tracking.uri))
+    if not spec.cfg.tracking.upload:
+        return
+    if any(o.run_id is None for o in outcomes):
+        print("  not in MLflow yet (tracking unreachable): run `benchflow sync` when it is back")
+    else:
+        print(ui_hint(spec.cfg.tracking.uri))
 
 
 def ui_hint(uri: str | None) -> str:

@@ -64,6 +64,10 @@ def trial_logging(logs_dir: Path, trial_id: str, config: dict) -> Iterator[None]
     for lg in ours:
         if lg.getEffectiveLevel() > logging.INFO:
             lg.setLevel(logging.INFO)
+    # Mask on every handler (Hydra's console and job log too) while the trial runs.
+    others = list(root.handlers)
+    for h in others:
+        h.addFilter(filt)
     for h in handlers:
         root.addHandler(h)
     try:
@@ -72,5 +76,7 @@ def trial_logging(logs_dir: Path, trial_id: str, config: dict) -> Iterator[None]
         for h in handlers:
             root.removeHandler(h)
             h.close()
+        for h in others:
+            h.removeFilter(filt)
         for lg, level in zip(ours, old_levels, strict=True):
             lg.setLevel(level)

@@ -52,7 +52,8 @@ def is_secret_env(name: str) -> bool:
 
 
 def redact_tree(tree: Any) -> Any:
-    """A copy of a nested dict/list with every secret-named value replaced by REDACTED."""
+    """A copy of a nested dict/list with secret-named values replaced by REDACTED and
+    passwords inside URLs and DSNs masked."""
     if isinstance(tree, Mapping):
         return {
             k: (REDACTED if is_secret_key(k) and v not in (None, "") else redact_tree(v))
@@ -60,6 +61,8 @@ def redact_tree(tree: Any) -> Any:
         }
     if isinstance(tree, list | tuple):
         return [redact_tree(v) for v in tree]
+    if isinstance(tree, str):
+        return mask(tree, set())
     return tree
 
 
@@ -91,3 +94,11 @@ def mask(text: str, secrets: set[str]) -> str:
         text = text.replace(s, REDACTED)
     text = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}:{REDACTED}@", text)
     return _DSN_PASSWORD.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+
+
+def mask_override(override: str) -> str:
+    """A Hydra override (``key=value``) safe to log: secret keys' values redacted."""
+    key, sep, _value = override.partition("=")
+    if sep and is_secret_key(key.lstrip("+~")):
+        return f"{key}={REDACTED}"
+    return mask(override, set())

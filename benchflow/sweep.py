@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from benchflow import tracking
 from benchflow.result import read_json, write_json
+from benchflow.secrets import mask, mask_override
 
 log = logging.getLogger("benchflow.sweep")
 
@@ -45,7 +46,7 @@ class SweepCallback(Callback):
             "sweep_id": sweep_id_of(sweep_dir),
             "scenario": config.scenario,
             "experiment": tr.experiment,
-            "overrides": list(OmegaConf.to_container(config.hydra.overrides.task)),
+            "overrides": [mask_override(o) for o in config.hydra.overrides.task],
             "started_at": time.time(),
             "tracking_uri": None,
             "parent_run_id": None,
@@ -53,7 +54,7 @@ class SweepCallback(Callback):
         if tr.upload:
             try:
                 c = tracking.client(tr.uri, tr.http_timeout_s, tr.http_retries)
-                manifest["tracking_uri"] = tracking.resolved_uri(tr.uri)
+                manifest["tracking_uri"] = mask(tracking.resolved_uri(tr.uri), set())
                 manifest["parent_run_id"] = tracking.start_sweep(
                     c, tr.experiment, manifest["sweep_id"], config.scenario, manifest["overrides"]
                 )

@@ -197,6 +197,7 @@ def upload_trial(trial_dir: Path, c=None, uri: str | None = None) -> str:
     """
     from mlflow.entities import Metric, Param, RunTag
 
+    t0 = time.perf_counter()
     state = inspect_trial(trial_dir)
     meta = state.meta
     if state.status == "running":
@@ -256,6 +257,7 @@ def upload_trial(trial_dir: Path, c=None, uri: str | None = None) -> str:
             "tracking_uri": target_uri,
             "state": "complete",
             "uploaded_at": time.time(),
+            "seconds": time.perf_counter() - t0,
         },
     )
     return run_id

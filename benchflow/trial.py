@@ -31,7 +31,7 @@ from benchflow.config import TrialSpec, config_hash
 from benchflow.load.engine import Engine, Phase
 from benchflow.logs import trial_logging
 from benchflow.monitor import Monitor
-from benchflow.secrets import redact_tree
+from benchflow.secrets import mask, mask_override, redact_tree
 from drivers.base import TrialContext
 
 log = logging.getLogger("benchflow.trial")
@@ -80,7 +80,11 @@ def run_trial(spec: TrialSpec, repetition: int = 0, sweep: SweepInfo | None = No
         "status": "running",
         "scenario": cfg.scenario,
         "experiment": cfg.tracking.experiment,
-        "tracking_uri": tracking.resolved_uri(cfg.tracking.uri) if cfg.tracking.upload else None,
+        # Credentials never go to disk: a URI with a password is stored masked, and
+        # `benchflow sync --tracking-uri` (or MLFLOW_TRACKING_USERNAME/PASSWORD) supplies them.
+        "tracking_uri": mask(tracking.resolved_uri(cfg.tracking.uri), set())
+        if cfg.tracking.upload
+        else None,
         "service": spec.service.name,
         "driver": spec.service.driver,
         "driver_package": f"{driver_info.package}=={driver_info.version}",
@@ -89,7 +93,7 @@ def run_trial(spec: TrialSpec, repetition: int = 0, sweep: SweepInfo | None = No
         "repetitions": cfg.repetitions,
         "seed": cfg.seed,
         "target": cfg.target,
-        "overrides": list(spec.overrides),
+        "overrides": [mask_override(o) for o in spec.overrides],
         "run_name": _run_name(spec, repetition),
         "sweep": None if sweep is None else sweep.__dict__,
         "started_at": _now_iso(started),
@@ -159,7 +163,7 @@ def _upload(trial_dir: Path, cfg) -> str | None:
 
 
 def _run_name(spec: TrialSpec, repetition: int) -> str:
-    parts = [o for o in spec.overrides if not o.startswith(("hydra", "scenario="))]
+    parts = [mask_override(o) for o in spec.overrides if not o.startswith(("hydra", "scenario="))]
     name = " ".join([spec.service.name, *[p for p in parts if not p.startswith("service=")]])
     if spec.cfg.repetitions > 1:
         name += f" #{repetition}"

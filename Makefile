@@ -1,0 +1,36 @@
+# The verbs a person types. `make run` and `make test` work on a fresh machine.
+PY ?= python3
+PIP ?= $(PY) -m pip
+MAIN_JOB = -m scenario=quickstart service=faiss,fileio concurrency=1,4 duration_s=10 warmup_s=2
+
+.PHONY: install deps-system deps-test run test test-fast bench lint ui clean
+
+install:            ## benchflow with every driver family
+	$(PIP) install -q -e '.[all]'
+
+deps-system:        ## servers and tools the tests run for real (Debian packages)
+	./scripts/install-system-deps.sh
+
+deps-test: deps-system
+	$(PIP) install -q -e '.[all,dev]'
+
+run: install        ## the main job: a short sweep over embedded services
+	$(PY) -m benchflow $(MAIN_JOB)
+
+test: deps-test     ## the whole test suite, against real servers
+	$(PY) -m pytest -q -ra
+
+test-fast:          ## the suite without reinstalling anything
+	$(PY) -m pytest -q -ra -x
+
+bench: install      ## measured figures, one table (bench/out/results.md)
+	$(PY) -m bench
+
+lint:
+	ruff check . && ruff format --check .
+
+ui:                 ## the MLflow UI on the embedded default store
+	$(PY) -m mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
+
+clean:
+	rm -rf results reports mlruns mlflow.db bench/out .pytest_cache

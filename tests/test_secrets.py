@@ -1,0 +1,31 @@
+from benchflow.secrets import REDACTED, is_secret_key, mask, redact_tree, secret_values
+
+
+def test_secret_key_names():
+    for k in (
+        "password",
+        "db_password",
+        "apiKey",
+        "api_key",
+        "secret_access_key",
+        "hf_token",
+        "client_secret",
+        "credentials",
+        "service.auth_token",
+    ):
+        assert is_secret_key(k), k
+    for k in ("max_tokens", "tokens_per_s", "key_range", "keys", "monkey", "endpoint", "batch"):
+        assert not is_secret_key(k), k
+
+
+def test_redact_and_mask():
+    tree = {"service": {"password": "hunter22", "host": "db", "auth": {"token": "tok-123456"}}}
+    red = redact_tree(tree)
+    assert red["service"]["password"] == REDACTED and red["service"]["host"] == "db"
+    assert red["service"]["auth"]["token"] == REDACTED
+    found = secret_values(tree, environ={"PGPASSWORD": "longpassword1", "HOME": "/root"})
+    assert found == {"hunter22", "tok-123456", "longpassword1"}
+    text = "connect host=db password=hunter22 url=postgresql://u:pw9@h/db t=tok-123456"
+    out = mask(text, found)
+    assert "hunter22" not in out and "pw9" not in out and "tok-123456" not in out
+    assert "host=db" in out
