@@ -18,6 +18,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Fixtures that start real servers, shared between test areas (tests/fixtures/<server>.py).
+pytest_plugins: list[str] = []
+
 
 def require(condition: bool, what: str) -> None:
     """Fail (CI) or skip (a laptop with BENCHFLOW_ALLOW_SKIP=1) when a server is missing."""
