@@ -14,7 +14,8 @@ deps-system:        ## servers and tools the tests run for real (Debian packages
 deps-test: deps-system
 	$(PIP) install -q -e '.[all,dev]'
 
-run: install        ## the main job: a short sweep over embedded services
+run:                ## installs the core and runs the main job: a short sweep over embedded services
+	$(PIP) install -q -e .
 	$(PY) -m benchflow $(MAIN_JOB)
 
 test: deps-test     ## the whole test suite, against real servers

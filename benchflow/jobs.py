@@ -30,6 +30,11 @@ def run_job(cfg: DictConfig) -> list[TrialOutcome]:
     except ConfigError as exc:
         print(f"benchflow: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
+    if spec.cfg.tracking.upload:
+        # Importing MLflow takes ~1 s: pay it once per job, not inside the first trial's clock.
+        from benchflow.tracking import resolved_uri
+
+        resolved_uri(spec.cfg.tracking.uri)
     multirun = hc.mode == RunMode.MULTIRUN
     sweep = _sweep_info(hc) if multirun else None
     listing = Path(hc.runtime.output_dir) / sweeps.TRIALS_FILE

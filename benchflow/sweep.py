@@ -79,12 +79,18 @@ class SweepCallback(Callback):
         files = write_summary(sweep_dir, rows)
         print_summary(rows, counts, sweep_dir)
         tr = config.tracking
+        print(f"results: {Path(config.results_dir) / config.scenario}/")
         if manifest.get("parent_run_id"):
             try:
                 c = tracking.client(tr.uri, tr.http_timeout_s, tr.http_retries)
                 tracking.finish_sweep(c, manifest["parent_run_id"], files, counts)
+                from benchflow.jobs import ui_hint
+
+                print(ui_hint(tr.uri))
             except Exception as exc:
                 log.warning("could not finish the sweep's parent run: %s", exc)
+        elif tr.upload:
+            print("not in MLflow yet (tracking unreachable): run `benchflow sync` when it is back")
         if counts["failed"]:
             raise SystemExit(1)
 

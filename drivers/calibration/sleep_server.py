@@ -25,6 +25,9 @@ def precise_sleep(ns: int) -> None:
 def make_handler(service_ns: int):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: one connection per client worker
+        # Headers and body are separate writes: without TCP_NODELAY, Nagle's algorithm
+        # holds the body until the client's delayed ACK (~40 ms).
+        disable_nagle_algorithm = True
 
         def do_GET(self) -> None:
             if self.path == "/health":
