@@ -163,7 +163,7 @@ def write_summary(sweep_dir: Path, rows: list[dict]) -> list[Path]:
 
 def _fmt(v) -> str:
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
     return "" if v is None else str(v)
 
 
