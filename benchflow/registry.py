@@ -37,7 +37,9 @@ STAGES = {"staging": "candidate", "production": "champion"}
 PREVIOUS_CHAMPION = "previous-champion"
 DESCRIPTIVE_TAGS = ("service", "driver", "model", "engine_args", "container_digest")
 
-_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]*)(?:@(?P<alias>[A-Za-z0-9_\-]+)|/(?P<version>\d+))$")
+_REF = re.compile(
+    r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]*)(?:@(?P<alias>[A-Za-z0-9_\-]+)|/(?P<version>\d+))$"
+)
 
 
 class TargetError(Exception):
@@ -232,7 +234,9 @@ def _versions(c, name: str) -> list:
 
 
 # -- merging a target into a config (before validation) ----------------------------
-def apply_target(cfg: DictConfig, overrides: tuple[str, ...] = ()) -> tuple[DictConfig, ResolvedTarget]:
+def apply_target(
+    cfg: DictConfig, overrides: tuple[str, ...] = ()
+) -> tuple[DictConfig, ResolvedTarget]:
     """Resolve ``cfg.target`` and merge its spec into a copy of ``cfg``.
 
     Raises :class:`benchflow.config.ConfigError` (key ``target``) when the target
@@ -305,7 +309,8 @@ def register(
     else:
         exp = tracking.ensure_experiment(c, TARGETS_EXPERIMENT)
         run = c.create_run(
-            exp, tags={"benchflow.role": "target-registration", "benchflow.target_name": name},
+            exp,
+            tags={"benchflow.role": "target-registration", "benchflow.target_name": name},
             run_name=f"register {name}",
         )
         run_id = run.info.run_id
@@ -459,6 +464,8 @@ def list_targets(
             continue
         bench: dict[str, dict[str, int]] = {}
         for r in runs:
+            if "benchflow.trial_id" not in r.data.tags:
+                continue
             scen = r.data.tags.get("benchflow.scenario", "?")
             ver = r.data.tags["benchflow.target"].split("/")[-1]
             bench.setdefault(scen, {}).setdefault(ver, 0)
@@ -474,7 +481,9 @@ def list_targets(
                         "aliases": sorted(a for a, x in aliases.items() if x == str(v.version)),
                         "stage": (v.tags or {}).get("benchflow.stage", "none"),
                         "tags": {
-                            k: val for k, val in (v.tags or {}).items() if not k.startswith("benchflow.")
+                            k: val
+                            for k, val in (v.tags or {}).items()
+                            if not k.startswith("benchflow.")
                         },
                         "created": time.strftime(
                             "%Y-%m-%d %H:%M", time.localtime(v.creation_timestamp / 1000)

@@ -58,14 +58,18 @@ def register(name, spec_path, run_id, tag_values, aliases, description, tracking
         )
     except registry.TargetError as exc:
         fail(str(exc))
-    click.echo(f"registered {t.label}" + (f" (aliases: {', '.join(t.aliases)})" if t.aliases else ""))
+    click.echo(
+        f"registered {t.label}" + (f" (aliases: {', '.join(t.aliases)})" if t.aliases else "")
+    )
     click.echo(f"  run it: python -m benchflow target={t.label}")
 
 
 @targets.command("list", help="Targets, their versions and aliases, and the benchmarks they ran.")
 @click.option("--name", default=None, help="substring of the target's name")
 @click.option("--tag", "tag_values", multiple=True, help="KEY=VALUE (model or version tag)")
-@click.option("--metric", default=None, help="keep targets with a run where e.g. 'throughput > 100'")
+@click.option(
+    "--metric", default=None, help="keep targets with a run where e.g. 'throughput > 100'"
+)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @tracking_option
 def list_(name, tag_values, metric, as_json, tracking_uri) -> None:
@@ -83,7 +87,9 @@ def list_(name, tag_values, metric, as_json, tracking_uri) -> None:
         click.echo(json.dumps([t.__dict__ for t in found], indent=2))
         return
     if not found:
-        click.echo("no targets match" if (name or tag_values or metric) else "no targets registered")
+        click.echo(
+            "no targets match" if (name or tag_values or metric) else "no targets registered"
+        )
         return
     table = Table(title="benchmark targets")
     for col in ("target", "version", "aliases", "stage", "tags", "benchmarks (runs)"):
