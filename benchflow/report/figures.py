@@ -1,0 +1,299 @@
+"""The report's plots (seaborn on matplotlib's Agg backend). Each function returns a
+:class:`Figure` or ``None`` when the trials have nothing for it (no recall, no
+time-to-first-token, nothing that scales)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from benchflow.report.data import TrialSet
+
+SCALING_KEYS = ("concurrency", "batch", "clients", "rate", "service.resources.gpus", "nodes")
+MAX_CDF_LINES = 12
+MAX_SERIES_TRIALS = 24
+
+
+@dataclass
+class Figure:
+    name: str  # file stem
+    title: str
+    caption: str
+    png: bytes
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    return plt, sns
+
+
+def _save(fig, name: str, title: str, caption: str) -> Figure:
+    plt, _ = _plt()
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return Figure(name, title, caption, buf.getvalue())
+
+
+def _medians(ts: TrialSet, cols: list[str]) -> pd.DataFrame:
+    df = ts.finished
+    cols = [c for c in cols if c in df]
+    keys = ["subject", "config", "config_key"]
+    extra = [f"params.{k}" for k in ts.params if f"params.{k}" in df]
+    g = df.groupby(keys, dropna=False)
+    out = g[cols].median()
+    out["n"] = g.size()
+    for c in extra:
+        out[c] = g[c].first()
+    return out.reset_index()
+
+
+def latency_throughput(ts: TrialSet) -> Figure | None:
+    m = _medians(ts, ["metrics.throughput", "metrics.latency_ms.p50", "metrics.latency_ms.p99"])
+    if m.empty or "metrics.latency_ms.p99" not in m:
+        return None
+    plt, _ = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    for ax, col, q in zip(
+        axes, ("metrics.latency_ms.p50", "metrics.latency_ms.p99"), ("p50", "p99"), strict=True
+    ):
+        if col not in m:
+            continue
+        for subject, part in m.groupby("subject"):
+            part = part.sort_values("metrics.throughput")
+            ax.plot(part["metrics.throughput"], part[col], marker="o", label=str(subject))
+        ax.set_xlabel("throughput (median over repetitions)")
+        ax.set_ylabel(f"latency {q} (ms)")
+        ax.set_title(f"latency {q} vs throughput")
+    axes[0].legend(fontsize=8, loc="best")
+    return _save(
+        fig,
+        "latency_throughput",
+        "Latency–throughput",
+        "One point per configuration (median over repetitions), joined per subject.",
+    )
+
+
+def scaling(ts: TrialSet) -> Figure | None:
+    keys = [k for k in SCALING_KEYS if k in ts.params]
+    if not keys:
+        return None
+    df = ts.finished.copy()
+    plt, sns = _plt()
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        col = f"params.{key}"
+        d = df[[col, "subject", "metrics.throughput"]].copy()
+        d[key] = pd.to_numeric(d[col], errors="coerce")
+        d = d.dropna(subset=[key])
+        sns.lineplot(
+            data=d,
+            x=key,
+            y="metrics.throughput",
+            hue="subject",
+            marker="o",
+            errorbar=("pi", 100),
+            estimator="median",
+            ax=ax,
+        )
+        ax.set_ylabel("throughput")
+        ax.set_title(f"scaling over {key}")
+        if d[key].max() / max(d[key].min(), 1e-9) >= 8:
+            ax.set_xscale("log", base=2)
+    return _save(
+        fig,
+        "scaling",
+        "Scaling",
+        "Median throughput over repetitions; the band spans their minimum to maximum.",
+    )
+
+
+def _merged(ts: TrialSet, name: str) -> dict[tuple[str, str], object]:
+    """One merged histogram per (subject, config)."""
+    out = {}
+    for (subject, config), part in ts.finished.groupby(["subject", "config"]):
+        merged = None
+        for rid in part["run_id"]:
+            h = ts.files[rid].histograms().get(name)
+            if h is None or h.count == 0:
+                continue
+            merged = h if merged is None else merged.merge(h)
+        if merged is not None:
+            out[(str(subject), str(config))] = merged
+    return out
+
+
+def _cdf(h) -> tuple[np.ndarray, np.ndarray]:
+    nz = np.flatnonzero(h.counts)
+    x = np.clip(np.asarray(h.upper_edge(nz)), h.vmin, h.vmax) / 1e6
+    y = np.cumsum(h.counts[nz]) / h.count
+    return x, y
+
+
+def _cdf_figure(
+    ts: TrialSet, names: list[tuple[str, str]], fname: str, title: str, caption: str
+) -> Figure | None:
+    panels = [(n, label, _merged(ts, n)) for n, label in names]
+    panels = [p for p in panels if p[2]]
+    if not panels:
+        return None
+    plt, _ = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.8 * len(panels), 4.2), squeeze=False)
+    for ax, (_, label, hists) in zip(axes[0], panels, strict=True):
+        for (subject, config), h in list(hists.items())[:MAX_CDF_LINES]:
+            x, y = _cdf(h)
+            ax.step(x, y, where="post", label=f"{subject} {config}"[:60])
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{label} (ms, log)")
+        ax.set_ylabel("fraction of requests ≤ x")
+        ax.set_title(label)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    more = sum(len(h) for *_, h in panels) > MAX_CDF_LINES * len(panels)
+    return _save(
+        fig, fname, title, caption + (f" (first {MAX_CDF_LINES} configurations)" if more else "")
+    )
+
+
+def latency_cdf(ts: TrialSet) -> Figure | None:
+    return _cdf_figure(
+        ts,
+        [("latency", "latency"), ("service", "service time")],
+        "latency_cdf",
+        "Latency CDFs",
+        "All requests of a configuration's repetitions; latency from the intended start.",
+    )
+
+
+def llm_distributions(ts: TrialSet) -> Figure | None:
+    names = [("ttfb", "time to first token/byte")]
+    seen = set()
+    for rid in ts.finished["run_id"][:50]:
+        seen |= {k for k in ts.files[rid].histograms() if k.startswith("x.")}
+    names += [(k, k[2:].upper() if k[2:] in ("itl", "tpot") else k[2:]) for k in sorted(seen)]
+    return _cdf_figure(
+        ts,
+        names,
+        "ttft_itl",
+        "TTFT / inter-token latency",
+        "First-token (first-byte) times and per-request distributions such as ITL.",
+    )
+
+
+def time_series(ts: TrialSet) -> Figure | None:
+    frames = []
+    for _, row in ts.finished.head(MAX_SERIES_TRIALS).iterrows():
+        d = ts.files[row["run_id"]].csv("timeseries.csv")
+        if d.empty:
+            continue
+        d["trial"] = (
+            f"{row['subject']} {row['config']} #{row.get('tags.benchflow.repetition', '')}"[:60]
+        )
+        frames.append(d)
+    if not frames:
+        return None
+    d = pd.concat(frames, ignore_index=True)
+    plt, sns = _plt()
+    cols = [c for c in ("throughput", "latency_ms.p99") if c in d]
+    fig, axes = plt.subplots(1, len(cols), figsize=(5.8 * len(cols), 4), squeeze=False)
+    for ax, col in zip(axes[0], cols, strict=True):
+        sns.lineplot(
+            data=d, x="second", y=col, hue="trial", ax=ax, legend=col == cols[0], linewidth=1
+        )
+        ax.set_title(f"{col} per second")
+    if axes[0][0].get_legend():
+        axes[0][0].legend(fontsize=6, loc="best")
+    n = ts.finished.shape[0]
+    return _save(
+        fig,
+        "timeseries",
+        "Per-second series",
+        "The measured phase of each trial, second by second"
+        + (f" (first {MAX_SERIES_TRIALS} of {n} trials)" if n > MAX_SERIES_TRIALS else "")
+        + ".",
+    )
+
+
+def recall_qps(ts: TrialSet) -> Figure | None:
+    df = ts.finished
+    recall = sorted(c for c in df.columns if c.startswith("metrics.quality.recall"))
+    if not recall or df[recall[0]].isna().all():
+        return None
+    col = recall[0]
+    m = _medians(ts, ["metrics.throughput", col])
+    plt, sns = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.4))
+    sns.scatterplot(
+        data=m, x=col, y="metrics.throughput", hue="subject", style="subject", s=70, ax=ax
+    )
+    for _subject, part in m.groupby("subject"):
+        part = part.sort_values(col)
+        ax.plot(part[col], part["metrics.throughput"], alpha=0.4)
+    ax.set_xlabel(col.removeprefix("metrics.quality."))
+    ax.set_ylabel("queries/s")
+    ax.set_title("recall vs QPS")
+    return _save(
+        fig,
+        "recall_qps",
+        "Recall–QPS",
+        "One point per configuration (median over repetitions); up and right is better.",
+    )
+
+
+def resources(ts: TrialSet) -> Figure | None:
+    cols = [
+        c
+        for c in (
+            "metrics.resource.cpu_util",
+            "metrics.resource.ram_mb",
+            "metrics.resource.gpu_util",
+            "metrics.resource.gpu_mem_mb",
+        )
+        if c in ts.finished and ts.finished[c].notna().any()
+    ]
+    if not cols:
+        return None
+    m = _medians(ts, cols)
+    m["label"] = (m["subject"].astype(str) + " " + m["config"].astype(str)).str.slice(0, 40)
+    m = m.head(30)
+    plt, sns = _plt()
+    fig, axes = plt.subplots(
+        1, len(cols), figsize=(4.6 * len(cols), 0.28 * len(m) + 1.8), squeeze=False
+    )
+    for ax, col in zip(axes[0], cols, strict=True):
+        sns.barplot(data=m, y="label", x=col, ax=ax, color="#4C72B0")
+        ax.set_xlabel(col.removeprefix("metrics.resource."))
+        ax.set_ylabel("")
+        if ax is not axes[0][0]:
+            ax.set_yticklabels([])
+    return _save(
+        fig,
+        "resources",
+        "Resource use",
+        "Measured-window averages (CPU %, peak RAM MB, GPU), median over repetitions.",
+    )
+
+
+ALL = (
+    latency_throughput,
+    scaling,
+    latency_cdf,
+    time_series,
+    recall_qps,
+    llm_distributions,
+    resources,
+)
+
+
+def make_all(ts: TrialSet) -> list[Figure]:
+    """Every figure that applies to these trials."""
+    return [f for f in (fn(ts) for fn in ALL) if f is not None]
