@@ -207,7 +207,14 @@ def time_series(ts: TrialSet) -> Figure | None:
     fig, axes = plt.subplots(1, len(cols), figsize=(5.8 * len(cols), 4), squeeze=False)
     for ax, col in zip(axes[0], cols, strict=True):
         sns.lineplot(
-            data=d, x="second", y=col, hue="trial", ax=ax, legend=col == cols[0], linewidth=1
+            data=d,
+            x="second",
+            y=col,
+            hue="trial",
+            ax=ax,
+            legend=col == cols[0],
+            linewidth=1,
+            marker="o" if d["second"].nunique() < 6 else None,
         )
         ax.set_title(f"{col} per second")
     if axes[0][0].get_legend():
