@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -173,10 +174,13 @@ def compare_samples(
     both_hist = base.hists is not None and cand.hists is not None
     row.resampling = "runs + requests" if both_hist else "runs"
     if nb >= 2 and nc >= 2:
-        row.p_welch = _welch(stats, cand.values, base.values)
-        row.p_mannwhitney = float(
-            stats.mannwhitneyu(cand.values, base.values, alternative="two-sided").pvalue
-        )
+        with warnings.catch_warnings():
+            # nearly identical runs: scipy warns about precision; the p-value is still right
+            warnings.simplefilter("ignore", RuntimeWarning)
+            row.p_welch = _welch(stats, cand.values, base.values)
+            row.p_mannwhitney = float(
+                stats.mannwhitneyu(cand.values, base.values, alternative="two-sided").pvalue
+            )
     if mb > 0 and min(nb, nc) >= 2:
         bb = base.bootstrap_medians(s.resamples, rng)
         bc = cand.bootstrap_medians(s.resamples, rng)

@@ -2,6 +2,7 @@
 real CLI, on real trials of the in-process sleep driver (tests/registry/conftest.py)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -148,7 +149,7 @@ def test_promotion_is_refused_for_a_slower_version_and_accepted_for_a_faster_one
         artifact_path="promotion/decision.json",
         tracking_uri=lab.tracking_uri,
     )
-    decision = json.loads(open(path).read())
+    decision = json.loads(Path(path).read_text())
     assert decision["decision"] == "accepted" and decision["baseline"] == "sleepy/1"
     # put the lab back as the other tests expect it
     c.set_registered_model_alias("sleepy", "champion", "1")
