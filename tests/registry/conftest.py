@@ -8,6 +8,7 @@ version 2 sleeps 1 ms (faster: promotable), version 3 sleeps 3 ms (slower).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import pytest
 from conftest import REPO, Workdir
@@ -63,3 +64,29 @@ def client(wd: Workdir):
     from benchflow import tracking
 
     return tracking.client(wd.tracking_uri)
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(wd: Workdir, *args: str) -> CliResult:
+    """``benchflow ARGS`` in this process (click's runner): the same code as the
+    console script without paying for a new interpreter and MLflow import each time."""
+    from click.testing import CliRunner
+
+    from benchflow.cli import app
+
+    runner = CliRunner()
+    old = os.getcwd()
+    os.chdir(wd.path)
+    try:
+        res = runner.invoke(app, list(args), env={"MLFLOW_TRACKING_URI": wd.tracking_uri})
+    finally:
+        os.chdir(old)
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return CliResult(res.exit_code, res.stdout, res.stderr)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TRIAL, client
+from .conftest import TRIAL, cli, client
 
 
 def test_runs_record_the_resolved_target(lab):
@@ -37,50 +37,65 @@ def test_runs_record_the_resolved_target(lab):
         ("sleepy", ["target", "NAME@ALIAS", "NAME/VERSION"]),
     ],
 )
-def test_a_target_that_does_not_resolve_is_a_config_error(lab, target, words):
-    proc = lab.run(f"target={target}", "scenario=bad", *TRIAL)
-    assert proc.returncode == 2, proc.stderr
-    msg = proc.stderr.strip().splitlines()[-1]
+def test_a_target_that_does_not_resolve_is_a_config_error(lab, target, words, monkeypatch):
+    from benchflow.config import ConfigError, compose_trials
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", lab.tracking_uri)
+    with pytest.raises(ConfigError) as err:
+        compose_trials([f"target={target}", "scenario=bad", *TRIAL], multirun=False)
     for w in words:
-        assert w in msg, msg
+        assert w in str(err.value), str(err.value)
+
+
+def test_through_the_entry_point_a_missing_alias_exits_2_before_anything_starts(lab):
+    proc = lab.run("target=sleepy@nope", "scenario=bad", *TRIAL)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "benchflow: invalid config: target = 'sleepy@nope': "
+        "sleepy has no alias 'nope'; aliases: @champion -> 1"
+    )
     assert not (lab.results / "bad").exists()
 
 
-def test_a_bad_spec_and_overriding_a_target_key_are_config_errors(lab):
+def test_a_bad_spec_and_overriding_a_target_key_are_config_errors(lab, monkeypatch):
     from benchflow import registry
+    from benchflow.config import ConfigError, compose_trials
 
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", lab.tracking_uri)
     bad = "service: sleep\nconfig:\n  service:\n    service_ms: -1\n"
     t = registry.register("sleepy-bad", bad, client=client(lab))
-    proc = lab.run(f"target={t.label}", "scenario=bad", *TRIAL)
-    assert proc.returncode == 2
-    assert "service.service_ms = -1" in proc.stderr and "set by target sleepy-bad/1" in proc.stderr
-    proc = lab.run("target=sleepy/1", "service=noop", "scenario=bad", *TRIAL)
-    assert proc.returncode == 2 and "set by target sleepy/1" in proc.stderr
+    with pytest.raises(ConfigError) as err:
+        compose_trials([f"target={t.label}", *TRIAL], multirun=False)
+    assert "service.service_ms = -1" in str(err.value)
+    assert "set by target sleepy-bad/1" in str(err.value)
+    with pytest.raises(ConfigError, match="service = 'noop': set by target sleepy/1"):
+        compose_trials(["target=sleepy/1", "service=noop", *TRIAL], multirun=False)
     with pytest.raises(registry.TargetError, match="unknown key"):
         registry.register("sleepy-bad", "servce: sleep\n", client=client(lab))
 
 
 def test_targets_list_shows_benchmarks_and_filters(lab):
-    out = lab.run("targets", "list", "--json", check=True).stdout
+    out = cli(lab, "targets", "list", "--json").stdout
     found = {t["name"]: t for t in json.loads(out)}
     assert found["sleepy"]["benchmarks"] == {"targets": {"1": 3, "2": 3, "3": 3}}
     assert found["sleepy"]["aliases"]["champion"] == "1"
     v1 = found["sleepy"]["versions"][0]
     assert v1["stage"] == "production" and v1["tags"]["model"] == "sleep-2ms"
     assert v1["tags"]["service"] == "sleep"
-    by_tag = json.loads(lab.run("targets", "list", "--json", "--tag", "model=sleep-1ms").stdout)
+    by_tag = json.loads(cli(lab, "targets", "list", "--json", "--tag", "model=sleep-1ms").stdout)
     assert [t["name"] for t in by_tag] == ["sleepy"]
-    assert json.loads(lab.run("targets", "list", "--json", "--name", "zzz").stdout) == []
-    fast = lab.run("targets", "list", "--json", "--metric", "throughput > 100000").stdout
+    assert json.loads(cli(lab, "targets", "list", "--json", "--name", "zzz").stdout) == []
+    fast = cli(lab, "targets", "list", "--json", "--metric", "throughput > 100000").stdout
     assert json.loads(fast) == []
-    some = json.loads(lab.run("targets", "list", "--json", "--metric", "throughput > 100").stdout)
+    some = json.loads(cli(lab, "targets", "list", "--json", "--metric", "throughput > 100").stdout)
     assert "sleepy" in {t["name"] for t in some}
-    shown = lab.run("targets", "show", "sleepy@champion", check=True).stdout
+    shown = cli(lab, "targets", "show", "sleepy@champion").stdout
     assert "sleepy/1" in shown and "service_ms: 2" in shown
 
 
 def test_compare_finds_the_faster_target_and_gates_on_regression(lab, tmp_path):
-    proc = lab.run(
+    proc = cli(
+        lab,
         "compare",
         "--baseline",
         "sleepy@champion",
@@ -97,8 +112,8 @@ def test_compare_finds_the_faster_target_and_gates_on_regression(lab, tmp_path):
     assert rows["latency_ms.p50"]["verdict"] == "better"
     assert rows["throughput"]["resampling"] == "runs"
     assert rows["latency_ms.p99"]["resampling"] == "runs + requests"
-    slower = lab.run(
-        "compare", "--baseline", "sleepy/1", "--candidate", "sleepy/3", "--fail-on-regression"
+    slower = cli(
+        lab, "compare", "--baseline", "sleepy/1", "--candidate", "sleepy/3", "--fail-on-regression"
     )
     assert slower.returncode == 1, slower.stdout + slower.stderr
     assert "regression" in slower.stderr and "throughput" in slower.stderr
@@ -109,12 +124,12 @@ def test_compare_says_so_when_nothing_matches(lab):
     assert proc.returncode == 0
     runs = lab.runs("other")
     rid = runs["run_id"].iloc[0]
-    bad = lab.run("compare", "--baseline", "sleepy/1", "--candidate", rid)
+    bad = cli(lab, "compare", "--baseline", "sleepy/1", "--candidate", rid)
     assert bad.returncode == 2
     assert "no matching configurations" in bad.stderr and "concurrency (1 vs 2)" in bad.stderr
-    missing = lab.run("compare", "--baseline", "sleepy@nope", "--candidate", rid)
+    missing = cli(lab, "compare", "--baseline", "sleepy@nope", "--candidate", rid)
     assert missing.returncode == 2 and "no alias 'nope'" in missing.stderr
-    nothing = lab.run("compare", "--baseline", "no-such-thing", "--candidate", rid)
+    nothing = cli(lab, "compare", "--baseline", "no-such-thing", "--candidate", rid)
     assert nothing.returncode == 2 and "is not a target" in nothing.stderr
 
 
@@ -122,7 +137,7 @@ def test_promotion_is_refused_for_a_slower_version_and_accepted_for_a_faster_one
     import mlflow
 
     c = client(lab)
-    refused = lab.run("promote", "sleepy", "--version", "3")
+    refused = cli(lab, "promote", "sleepy", "--version", "3")
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "refused" in refused.stderr and "throughput is significantly worse" in refused.stdout
     assert "verdict" in refused.stdout  # the table is printed
@@ -136,7 +151,7 @@ def test_promotion_is_refused_for_a_slower_version_and_accepted_for_a_faster_one
         "promotion/decision.json",
     }
 
-    accepted = lab.run("promote", "sleepy", "--version", "2")
+    accepted = cli(lab, "promote", "sleepy", "--version", "2")
     assert accepted.returncode == 0, accepted.stdout + accepted.stderr
     assert "promoted sleepy/2 to @champion" in accepted.stdout
     aliases = {k: str(v) for k, v in c.get_registered_model("sleepy").aliases.items()}
