@@ -148,9 +148,15 @@ def resolve(ref: str | TargetRef, uri: str | None = None, client=None) -> Resolv
     c = client or _client(uri)
     try:
         rm = c.get_registered_model(r.name)
-    except MlflowException:
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+            raise TargetError(f"target {r}: registry error: {_mlflow_error(exc)}") from None
         known = ", ".join(sorted(m.name for m in _search_models(c))) or "(none registered)"
         raise TargetError(f"target {r}: no registered target {r.name!r}; known: {known}") from None
+    except Exception as exc:  # connection refused, timeout: the registry cannot be reached
+        raise TargetError(
+            f"target {r}: cannot reach the registry at {c.tracking_uri}: {_mlflow_error(exc)}"
+        ) from None
     aliases = {a: str(v) for a, v in (rm.aliases or {}).items()}
     if r.alias:
         if r.alias not in aliases:
