@@ -8,6 +8,7 @@ real `benchflow report` and `benchflow compare` code on them, not the trials.
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 import time
@@ -99,7 +100,10 @@ def _targets_2x20x10(ws: Workspace, c) -> None:
                     tracking.upload_trial(synthetic.write_trial(results, t), c)
 
 
-def _cli(ws: Workspace, *args: str) -> float:
+def _cli(ws: Workspace, *args: str) -> tuple[float, float]:
+    """Run `benchflow ARGS`; (wall seconds, CPU seconds). CPU time says what the code
+    costs when the shared machine is busy and wall time is stretched by others' load."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "benchflow", *args],
@@ -111,7 +115,9 @@ def _cli(ws: Workspace, *args: str) -> float:
     )
     if proc.returncode != 0:
         raise RuntimeError(f"benchflow {' '.join(args)}: {proc.stderr[-2000:]}")
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 
 def rows(ws: Workspace) -> list[Row]:
@@ -121,7 +127,7 @@ def rows(ws: Workspace) -> list[Row]:
     c = _client(ws)
     out: list[Row] = []
     sweep_id = _sweep_200(ws, c)
-    wall = _cli(ws, "report", sweep_id, "--no-log")
+    wall, cpu = _cli(ws, "report", sweep_id, "--no-log")
     t0 = time.perf_counter()
     rep = build_report(
         c, sweep=sweep_id, results_dir=ws.dir / "results", out_dir=ws.dir / "r2", log=False
@@ -139,13 +145,16 @@ def rows(ws: Workspace) -> list[Row]:
             how,
         )
     )
+    out.append(Row(S, "  same: CPU time of that command (user+sys)", cpu, "s", how=how))
     out.append(Row(S, "  same, build_report() in process", inproc, "s", how=how))
     html_mb = Path(rep.html).stat().st_size / 2**20
     out.append(Row(S, "  same: report.html size (figures embedded)", html_mb, "MiB", how=how))
 
     _targets_2x20x10(ws, c)
     base, cand = "bench-target@champion", "bench-target/2"
-    wall = _cli(ws, "compare", "--baseline", base, "--candidate", cand, "--results-dir", "results")
+    wall, cpu = _cli(
+        ws, "compare", "--baseline", base, "--candidate", cand, "--results-dir", "results"
+    )
     t0 = time.perf_counter()
     b, k = select(base, c), select(cand, c)
     cmp = compare_selections(b, k, results_dir=ws.dir / "results")
@@ -173,6 +182,7 @@ def rows(ws: Workspace) -> list[Row]:
             how=how,
         )
     )
+    out.append(Row(S, "  same: CPU time of that command (user+sys)", cpu, "s", how=how))
     found = sum(r.verdict == "better" for r in cmp.rows if r.metric == "throughput")
     out.append(
         Row(
