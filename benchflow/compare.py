@@ -577,7 +577,7 @@ def compare_selections(
     wanted = list(metrics) if metrics else default_metrics(base, cand)
     rng = np.random.default_rng(s.seed)
     rows = []
-    for k in sorted(common, key=lambda k: _sort_key(labels[k])):
+    for k in sorted(common, key=lambda k: natural_key(labels[k])):
         for m in wanted:
             sb, sc = _sample(gb[k], m, results_dir), _sample(gc[k], m, results_dir)
             if sb is None and sc is None:
@@ -597,7 +597,8 @@ def compare_selections(
     )
 
 
-def _sort_key(label: str) -> list:
+def natural_key(label: str) -> list:
+    """Sort "concurrency=2" before "concurrency=16"."""
     return [
         (0, float(x)) if re.fullmatch(r"-?\d+(\.\d+)?", x) else (1, x)
         for x in re.split(r"[ =]", label)

@@ -51,10 +51,12 @@ class TrialFiles:
         return text
 
     def histograms(self) -> dict[str, LogHistogram]:
-        text = self._text("histograms.json")
-        if not text:
-            return {}
-        return {k: LogHistogram.from_dict(v) for k, v in json.loads(text).items()}
+        """Parsed once; callers must not change them (copy before merging)."""
+        if "_hists" not in self._cache:
+            text = self._text("histograms.json")
+            parsed = json.loads(text) if text else {}
+            self._cache["_hists"] = {k: LogHistogram.from_dict(v) for k, v in parsed.items()}
+        return self._cache["_hists"]
 
     def csv(self, name: str) -> pd.DataFrame:
         text = self._text(name)

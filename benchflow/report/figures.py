@@ -4,6 +4,7 @@ time-to-first-token, nothing that scales)."""
 
 from __future__ import annotations
 
+import copy
 import io
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ from benchflow.report.data import TrialSet
 
 SCALING_KEYS = ("concurrency", "batch", "clients", "rate", "service.resources.gpus", "nodes")
 MAX_CDF_LINES = 12
-MAX_SERIES_TRIALS = 24
+MAX_SERIES_TRIALS = 12
 
 
 @dataclass
@@ -58,29 +59,52 @@ def _medians(ts: TrialSet, cols: list[str]) -> pd.DataFrame:
     return out.reset_index()
 
 
+def _series(ts: TrialSet, df: pd.DataFrame, along: str) -> pd.Series:
+    """A label per row naming its curve: the subject and every other varying key."""
+    others = [k for k in ts.params if k != along and f"params.{k}" in df]
+    label = df["subject"].astype(str)
+    for k in others:
+        # only keys that vary within a subject: the rest the subject's name already says
+        if df.groupby("subject")[f"params.{k}"].nunique().max() > 1:
+            label = label + f" {k.rsplit('.', 1)[-1]}=" + df[f"params.{k}"].astype(str)
+    return label
+
+
+def _load_key(ts: TrialSet) -> str | None:
+    for key in ("rate", "concurrency", "batch", "clients"):
+        if key in ts.params:
+            return key
+    return None
+
+
 def latency_throughput(ts: TrialSet) -> Figure | None:
     m = _medians(ts, ["metrics.throughput", "metrics.latency_ms.p50", "metrics.latency_ms.p99"])
     if m.empty or "metrics.latency_ms.p99" not in m:
         return None
+    along = _load_key(ts)
+    m["curve"] = _series(ts, m, along) if along else m["subject"].astype(str)
+    order = (
+        pd.to_numeric(m[f"params.{along}"], errors="coerce") if along else m["metrics.throughput"]
+    )
+    m = m.assign(_order=order).sort_values("_order")
     plt, _ = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
-    for ax, col, q in zip(
-        axes, ("metrics.latency_ms.p50", "metrics.latency_ms.p99"), ("p50", "p99"), strict=True
-    ):
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharex=True)
+    cols = (("metrics.latency_ms.p50", "p50"), ("metrics.latency_ms.p99", "p99"))
+    for ax, (col, q) in zip(axes, cols, strict=True):
         if col not in m:
             continue
-        for subject, part in m.groupby("subject"):
-            part = part.sort_values("metrics.throughput")
-            ax.plot(part["metrics.throughput"], part[col], marker="o", label=str(subject))
+        for curve, part in m.groupby("curve", sort=True):
+            ax.plot(part["metrics.throughput"], part[col], marker="o", label=str(curve)[:50])
         ax.set_xlabel("throughput (median over repetitions)")
         ax.set_ylabel(f"latency {q} (ms)")
         ax.set_title(f"latency {q} vs throughput")
-    axes[0].legend(fontsize=8, loc="best")
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    how = f"in order of increasing {along}" if along else "in throughput order"
     return _save(
         fig,
         "latency_throughput",
         "Latency–throughput",
-        "One point per configuration (median over repetitions), joined per subject.",
+        f"One point per configuration (median over repetitions); a curve joins them {how}.",
     )
 
 
@@ -90,31 +114,37 @@ def scaling(ts: TrialSet) -> Figure | None:
         return None
     df = ts.finished.copy()
     plt, sns = _plt()
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.6 * len(keys), 4.2), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         col = f"params.{key}"
-        d = df[[col, "subject", "metrics.throughput"]].copy()
-        d[key] = pd.to_numeric(d[col], errors="coerce")
-        d = d.dropna(subset=[key])
+        d = df[
+            [c for c in df.columns if c.startswith("params.")] + ["subject", "metrics.throughput"]
+        ]
+        d = d.assign(**{key: pd.to_numeric(d[col], errors="coerce")}).dropna(subset=[key])
+        d = d.assign(curve=_series(ts, d, key).str.slice(0, 50))
         sns.lineplot(
             data=d,
             x=key,
             y="metrics.throughput",
-            hue="subject",
+            hue="curve",
             marker="o",
             errorbar=("pi", 100),
             estimator="median",
             ax=ax,
+            legend=ax is axes[0][-1],
         )
         ax.set_ylabel("throughput")
         ax.set_title(f"scaling over {key}")
         if d[key].max() / max(d[key].min(), 1e-9) >= 8:
             ax.set_xscale("log", base=2)
+    if axes[0][-1].get_legend():
+        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(
         fig,
         "scaling",
         "Scaling",
-        "Median throughput over repetitions; the band spans their minimum to maximum.",
+        "Median throughput over repetitions, one curve per subject and setting of the other "
+        "keys; the band spans the repetitions' minimum to maximum.",
     )
 
 
@@ -127,7 +157,8 @@ def _merged(ts: TrialSet, name: str) -> dict[tuple[str, str], object]:
             h = ts.files[rid].histograms().get(name)
             if h is None or h.count == 0:
                 continue
-            merged = h if merged is None else merged.merge(h)
+            # the first is copied: merging adds into it, and parsed histograms are cached
+            merged = copy.deepcopy(h) if merged is None else merged.merge(h)
         if merged is not None:
             out[(str(subject), str(config))] = merged
     return out
@@ -218,7 +249,7 @@ def time_series(ts: TrialSet) -> Figure | None:
         )
         ax.set_title(f"{col} per second")
     if axes[0][0].get_legend():
-        axes[0][0].legend(fontsize=6, loc="best")
+        axes[0][0].legend(fontsize=6, loc="upper left", bbox_to_anchor=(0.0, -0.15), ncol=3)
     n = ts.finished.shape[0]
     return _save(
         fig,
@@ -236,15 +267,12 @@ def recall_qps(ts: TrialSet) -> Figure | None:
     if not recall or df[recall[0]].isna().all():
         return None
     col = recall[0]
-    m = _medians(ts, ["metrics.throughput", col])
+    m = _medians(ts, ["metrics.throughput", col]).dropna(subset=[col])
+    m["curve"] = _series(ts, m, "").str.slice(0, 50)
     plt, sns = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4.4))
-    sns.scatterplot(
-        data=m, x=col, y="metrics.throughput", hue="subject", style="subject", s=70, ax=ax
-    )
-    for _subject, part in m.groupby("subject"):
-        part = part.sort_values(col)
-        ax.plot(part[col], part["metrics.throughput"], alpha=0.4)
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    sns.scatterplot(data=m, x=col, y="metrics.throughput", hue="curve", s=70, ax=ax)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_xlabel(col.removeprefix("metrics.quality."))
     ax.set_ylabel("queries/s")
     ax.set_title("recall vs QPS")

@@ -16,6 +16,7 @@ from benchflow.compare import (
     higher_is_better,
     histogram_of,
     judge,
+    natural_key,
 )
 from benchflow.report.data import TrialSet
 
@@ -66,7 +67,7 @@ def summaries(ts: TrialSet) -> list[Table]:
             for c, label in cols
         ]
         rows, numbers = [], []
-        for key, grp in g_all:
+        for key, grp in sorted(g_all, key=lambda kv: (kv[0][0], natural_key(kv[0][1]))):
             n_valid = int(
                 ((grp["status"] == "FINISHED") & (grp["tags.benchflow.valid"] == "true")).sum()
             )
@@ -122,7 +123,7 @@ def side_by_side(ts: TrialSet, settings: Settings | None = None) -> tuple[list[R
     for _w, g in groups:
         by_subject = dict(list(g.groupby("subject")))
         best = max(by_subject, key=lambda s_: by_subject[s_]["metrics.throughput"].median())
-        label = _workload_label(g)
+        label = str(by_subject[best]["config"].iloc[0])
         for subject, part in by_subject.items():
             if subject == best:
                 continue
@@ -146,12 +147,6 @@ def side_by_side(ts: TrialSet, settings: Settings | None = None) -> tuple[list[R
             "run the sweep with repetitions=3 or more for significance"
         )
     return rows, notes
-
-
-def _workload_label(g: pd.DataFrame) -> str:
-    keys = ("concurrency", "batch", "rate", "clients", "duration_s")
-    parts = [f"{k}={g[f'params.{k}'].iloc[0]}" for k in keys if f"params.{k}" in g]
-    return " ".join(p for p in parts if not p.endswith("=None"))
 
 
 def _sample(ts: TrialSet, part: pd.DataFrame, metric: str) -> Sample:

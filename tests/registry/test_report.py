@@ -142,3 +142,42 @@ def test_the_compare_notebook_runs_against_the_lab(lab):
         if "image/png" in o.get("data", {})
     ]
     assert images, "the plot cell draws a figure"
+
+
+def test_vector_and_llm_figures_appear_when_the_trials_have_their_data(tmp_path):
+    """Synthetic trials (benchflow.synthetic) with recall@10 and first-token times: the
+    recall–QPS and TTFT/ITL figures, scaling curves and side-by-side rows appear."""
+    from benchflow import synthetic, tracking
+    from benchflow.report import build_report
+
+    c = tracking.client(f"sqlite:///{tmp_path}/mlflow.db")
+    sweep = synthetic.start_sweep(c, "synth", "synth")
+    seed = 0
+    for svc, recall, ttfb in (("vec", 0.95, None), ("llm", None, 40.0)):
+        for conc in (1, 4):
+            for rep in range(3):
+                seed += 1
+                t = synthetic.SynthTrial(
+                    scenario="synth",
+                    experiment="synth",
+                    service=svc,
+                    config={"concurrency": conc},
+                    throughput=100.0 * conc * (2 if svc == "vec" else 1),
+                    quality={"recall_at_10": recall - 0.01 * conc} if recall else {},
+                    ttfb_median_ms=ttfb,
+                    repetition=rep,
+                    seed=seed,
+                    sweep=sweep,
+                    tracking_uri=c.tracking_uri,
+                )
+                tracking.upload_trial(synthetic.write_trial(tmp_path / "results", t), c)
+    out = build_report(
+        c, sweep=sweep["sweep_id"], results_dir=tmp_path / "results", out_dir=tmp_path / "reports"
+    )
+    names = {p.stem for p in out.figures}
+    assert {"recall_qps", "ttft_itl", "scaling", "latency_cdf", "latency_throughput"} <= names
+    html = out.html.read_text()
+    assert "recall_at_10" in html and "TTFB p50 ms" in html
+    # side by side: vec and llm ran the same workloads (concurrency 1 and 4), 3 reps each
+    assert "llm vs vec" in html and "not enough data" not in html
+    assert out.logged_to == sweep["parent_run_id"]
