@@ -362,13 +362,23 @@ def spec_from_run(run_id: str, uri: str | None = None, client=None) -> str:
             f"run {run_id} has no effective_config.yaml artifact ({_mlflow_error(exc)}); "
             "is it a benchflow trial run?"
         ) from None
-    service = cfg.get("service") or {}
+    # Secrets were redacted in the run's files; leave them out so the recipe's own
+    # (environment-provided) values apply instead of the placeholder.
+    service = _without_redacted(cfg.get("service") or {})
     spec = {
         "description": f"from run {run_id} ({run.info.run_name})",
         "service": service.get("name"),
         "config": {"service": service},
     }
     return yaml.safe_dump(spec, sort_keys=False)
+
+
+def _without_redacted(tree: Any) -> Any:
+    from benchflow.secrets import REDACTED
+
+    if isinstance(tree, dict):
+        return {k: _without_redacted(v) for k, v in tree.items() if v != REDACTED}
+    return tree
 
 
 def set_alias(name: str, alias: str, version: str, uri: str | None = None, client=None) -> None:
