@@ -112,33 +112,26 @@ def scaling(ts: TrialSet) -> Figure | None:
     keys = [k for k in SCALING_KEYS if k in ts.params]
     if not keys:
         return None
-    df = ts.finished.copy()
-    plt, sns = _plt()
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.6 * len(keys), 4.2), squeeze=False)
+    df = ts.finished
+    plt, _ = _plt()
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.6 * len(keys), 5.2), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
-        col = f"params.{key}"
-        d = df[
-            [c for c in df.columns if c.startswith("params.")] + ["subject", "metrics.throughput"]
-        ]
-        d = d.assign(**{key: pd.to_numeric(d[col], errors="coerce")}).dropna(subset=[key])
-        d = d.assign(curve=_series(ts, d, key).str.slice(0, 50))
-        sns.lineplot(
-            data=d,
-            x=key,
-            y="metrics.throughput",
-            hue="curve",
-            marker="o",
-            errorbar=("pi", 100),
-            estimator="median",
-            ax=ax,
-            legend=ax is axes[0][-1],
-        )
+        d = df.assign(
+            **{"_x": pd.to_numeric(df[f"params.{key}"], errors="coerce")},
+            curve=_series(ts, df, key).str.slice(0, 50),
+        ).dropna(subset=["_x"])
+        # median with the repetitions' range, computed once (seaborn's estimator is slow)
+        agg = d.groupby(["curve", "_x"])["metrics.throughput"].agg(["median", "min", "max"])
+        for curve, part in agg.groupby(level=0, sort=True):
+            x = part.index.get_level_values(1).to_numpy()
+            (line,) = ax.plot(x, part["median"], marker="o", label=curve)
+            ax.fill_between(x, part["min"], part["max"], alpha=0.15, color=line.get_color())
+        ax.set_xlabel(key)
         ax.set_ylabel("throughput")
         ax.set_title(f"scaling over {key}")
-        if d[key].max() / max(d[key].min(), 1e-9) >= 8:
+        if d["_x"].max() / max(d["_x"].min(), 1e-9) >= 8:
             ax.set_xscale("log", base=2)
-    if axes[0][-1].get_legend():
-        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(0.0, -0.22), ncol=2)
     return _save(
         fig,
         "scaling",
@@ -164,11 +157,27 @@ def _merged(ts: TrialSet, name: str) -> dict[tuple[str, str], object]:
     return out
 
 
-def _cdf(h) -> tuple[np.ndarray, np.ndarray]:
+def _cdf(h, points: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    """The CDF at most ``points`` steps (a fine quantile grid plus the far tail): a
+    histogram has thousands of buckets, which a reader cannot see and a renderer pays for."""
     nz = np.flatnonzero(h.counts)
     x = np.clip(np.asarray(h.upper_edge(nz)), h.vmin, h.vmax) / 1e6
     y = np.cumsum(h.counts[nz]) / h.count
+    if len(x) > points:
+        grid = np.unique(np.r_[np.linspace(0, 0.99, points - 50), 1 - np.logspace(-2, -6, 50)])
+        idx = np.unique(np.minimum(np.searchsorted(y, grid), len(y) - 1))
+        x, y = x[idx], y[idx]
     return x, y
+
+
+def _log_ms_axis(ax) -> None:
+    """A log x axis labelled 0.5, 1, 2, 5, 10 ... (plain numbers, no overlapping minors)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _cdf_figure(
@@ -184,7 +193,7 @@ def _cdf_figure(
         for (subject, config), h in list(hists.items())[:MAX_CDF_LINES]:
             x, y = _cdf(h)
             ax.step(x, y, where="post", label=f"{subject} {config}"[:60])
-        ax.set_xscale("log")
+        _log_ms_axis(ax)
         ax.set_xlabel(f"{label} (ms, log)")
         ax.set_ylabel("fraction of requests ≤ x")
         ax.set_title(label)
@@ -233,23 +242,16 @@ def time_series(ts: TrialSet) -> Figure | None:
     if not frames:
         return None
     d = pd.concat(frames, ignore_index=True)
-    plt, sns = _plt()
+    plt, _ = _plt()
     cols = [c for c in ("throughput", "latency_ms.p99") if c in d]
     fig, axes = plt.subplots(1, len(cols), figsize=(5.8 * len(cols), 4), squeeze=False)
+    marker = "o" if d["second"].nunique() < 6 else None
     for ax, col in zip(axes[0], cols, strict=True):
-        sns.lineplot(
-            data=d,
-            x="second",
-            y=col,
-            hue="trial",
-            ax=ax,
-            legend=col == cols[0],
-            linewidth=1,
-            marker="o" if d["second"].nunique() < 6 else None,
-        )
+        for trial, part in d.groupby("trial", sort=False):
+            ax.plot(part["second"], part[col], marker=marker, linewidth=1, label=trial)
+        ax.set_xlabel("second of the measured phase")
         ax.set_title(f"{col} per second")
-    if axes[0][0].get_legend():
-        axes[0][0].legend(fontsize=6, loc="upper left", bbox_to_anchor=(0.0, -0.15), ncol=3)
+    axes[0][0].legend(fontsize=6, loc="upper left", bbox_to_anchor=(0.0, -0.2), ncol=3)
     n = ts.finished.shape[0]
     return _save(
         fig,
