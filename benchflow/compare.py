@@ -214,8 +214,9 @@ def judge(rows: list[Row], s: Settings) -> list[Row]:
         adj = stats.false_discovery_control([_p(r, s) for r in ready], method="bh")
         for r, q in zip(ready, adj, strict=True):
             r.p_adjusted = float(q)
+    ready_ids = {id(r) for r in ready}
     for r in rows:
-        if r not in ready:
+        if id(r) not in ready_ids:
             r.verdict = NO_DATA
             r.note = r.note or (
                 f"{r.n_baseline} vs {r.n_candidate} runs: a verdict needs at least "
