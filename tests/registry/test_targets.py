@@ -168,3 +168,16 @@ def test_promotion_is_refused_for_a_slower_version_and_accepted_for_a_faster_one
     assert decision["decision"] == "accepted" and decision["baseline"] == "sleepy/1"
     # put the lab back as the other tests expect it
     c.set_registered_model_alias("sleepy", "champion", "1")
+
+
+def test_a_target_registered_from_a_trial_run_carries_its_service_config(lab):
+    runs = lab.runs("targets")
+    trial = runs[runs["tags.benchflow.target"] == "sleepy/3"].iloc[0]
+    out = cli(lab, "targets", "register", "from-run", "--from-run", trial["run_id"])
+    assert out.returncode == 0, out.stderr
+    from benchflow import registry
+
+    t = registry.resolve("from-run/1", client=client(lab))
+    assert t.spec.service == "sleep" and t.spec.config["service"]["service_ms"] == 3
+    assert t.tags["benchflow.from_run"] == trial["run_id"]
+    assert t.source.endswith("/target/spec.yaml") and trial["run_id"] in t.source
