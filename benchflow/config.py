@@ -120,6 +120,7 @@ class TrialSpec:
     driver_cls: type[Driver]
     resolved: dict[str, Any]  # the whole resolved config (secrets still in it)
     overrides: tuple[str, ...] = ()
+    target: Any = None  # benchflow.registry.ResolvedTarget when `target=` was given
 
     @property
     def run_settings(self) -> RunSettings:
@@ -129,7 +130,28 @@ class TrialSpec:
 
 # -- validation -------------------------------------------------------------------
 def validate(cfg: DictConfig | dict, overrides: tuple[str, ...] = ()) -> TrialSpec:
-    """Validate a composed config; raises :class:`ConfigError`."""
+    """Validate a composed config; raises :class:`ConfigError`.
+
+    A ``target`` (``NAME@ALIAS`` or ``NAME/VERSION``) is resolved in the registry
+    first and its spec merged in, so the merged config is what gets validated.
+    """
+    target = None
+    if (cfg.get("target") if isinstance(cfg, dict | DictConfig) else None) is not None:
+        from benchflow.registry import apply_target
+
+        base = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+        cfg, target = apply_target(base, overrides)
+    try:
+        return _validate(cfg, overrides, target)
+    except ConfigError as exc:
+        owned = target.spec.keys() if target else []
+        if any(exc.key == p or exc.key.startswith(p + ".") for p in owned):
+            exc.allowed += f" (set by target {target.label})"
+            exc.args = (f"{exc.args[0]} (set by target {target.label})",)
+        raise
+
+
+def _validate(cfg: DictConfig | dict, overrides: tuple[str, ...], target: Any) -> TrialSpec:
     from drivers import discovery
 
     if isinstance(cfg, DictConfig):
@@ -156,7 +178,7 @@ def validate(cfg: DictConfig | dict, overrides: tuple[str, ...] = ()) -> TrialSp
         service = driver_cls.Settings.model_validate(bench.service)
     except ValidationError as exc:
         raise _from_pydantic(exc, driver_cls.Settings, bench.service, prefix="service") from None
-    spec = TrialSpec(bench, service, driver_cls, resolved, tuple(overrides))
+    spec = TrialSpec(bench, service, driver_cls, resolved, tuple(overrides), target)
     try:
         driver_cls.check(service, spec.run_settings)
     except ConfigRefused as exc:
@@ -304,4 +326,22 @@ def config_hash(spec: TrialSpec, driver_version: str) -> str:
     ident = {k: v for k, v in spec.resolved.items() if k not in NON_IDENTITY}
     ident["_driver"] = f"{spec.service.driver}=={driver_version}"
     blob = json.dumps(ident, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def workload_hash(params: dict[str, Any], ignore: list[str] | tuple[str, ...] = ()) -> str:
+    """Identity of the *workload* of a trial: its flattened config (MLflow params)
+    without the keys that say where it ran (:data:`NON_IDENTITY`), without
+    ``target``, and without ``ignore`` — the dotted prefixes a target provides.
+
+    Two targets run on the same workload share it, so `benchflow compare` can pair
+    their trials; the config hash, which includes the target, cannot.
+    """
+    skip = (*NON_IDENTITY, "target", *ignore)
+    ident = {
+        k: str(v)
+        for k, v in params.items()
+        if not any(k == p or k.startswith(p + ".") for p in skip)
+    }
+    blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 
 from benchflow import lineage
-from benchflow.config import flatten
+from benchflow.config import flatten, workload_hash
 from benchflow.result import read_csv, read_json, write_json
 from benchflow.secrets import is_secret_key, mask, secret_values
 
@@ -219,6 +219,9 @@ def upload_trial(trial_dir: Path, c=None, uri: str | None = None) -> str:
     metrics_path = trial_dir / "metrics.json"
     result = read_json(metrics_path) if state.status == "finished" else None
     tags = _trial_tags(meta, result, state.status)
+    tags["benchflow.workload_hash"] = workload_hash(
+        _params(trial_dir, meta), meta.get("target_keys") or ()
+    )
     parent = _parent_for(c, exp_id, meta)
     if parent:
         tags["mlflow.parentRunId"] = parent
@@ -280,6 +283,10 @@ def _trial_tags(meta: dict, result: dict | None, status: str) -> dict[str, str]:
     )
     if meta.get("target"):
         tags["benchflow.target"] = meta["target"]
+        if meta.get("target_ref"):
+            tags["benchflow.target_ref"] = meta["target_ref"]
+        if meta.get("target_keys"):
+            tags["benchflow.target_keys"] = ",".join(meta["target_keys"])[:5000]
     if meta.get("sweep"):
         tags["benchflow.sweep_id"] = meta["sweep"]["sweep_id"]
     if result is not None:

@@ -92,7 +92,9 @@ def run_trial(spec: TrialSpec, repetition: int = 0, sweep: SweepInfo | None = No
         "repetition": repetition,
         "repetitions": cfg.repetitions,
         "seed": cfg.seed,
-        "target": cfg.target,
+        "target": cfg.target,  # NAME/VERSION once resolved
+        "target_ref": spec.target.ref if spec.target else None,  # as asked: NAME@ALIAS
+        "target_keys": spec.target.spec.keys() if spec.target else [],
         "overrides": [mask_override(o) for o in spec.overrides],
         "run_name": _run_name(spec, repetition),
         "sweep": None if sweep is None else sweep.__dict__,

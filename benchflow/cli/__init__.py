@@ -16,6 +16,10 @@ import click
 COMMANDS: dict[str, str] = {
     "drivers": "benchflow.cli.drivers:drivers",
     "sync": "benchflow.cli.sync:sync",
+    "targets": "benchflow.cli.targets:targets",
+    "compare": "benchflow.cli.compare:compare",
+    "promote": "benchflow.cli.promote:promote",
+    "report": "benchflow.cli.report:report",
 }
 
 
