@@ -274,6 +274,7 @@ def _trial_tags(meta: dict, result: dict | None, status: str) -> dict[str, str]:
             "benchflow.seed": str(meta["seed"]),
             "benchflow.config_hash": meta["config_hash"],
             "benchflow.repetition": str(meta["repetition"]),
+            "benchflow.attempt": str(meta.get("attempt", 0)),
             "benchflow.status": status,
             "benchflow.overrides": " ".join(meta.get("overrides", []))[:5000],
         }

@@ -31,10 +31,11 @@ class Resources(BaseModel):
     """What one trial of this service needs from a scheduler."""
 
     model_config = ConfigDict(extra="forbid")
-    gpus: int = Field(0, ge=0)
-    cpus: int = Field(1, ge=1)
-    mem_gb: float = Field(4, gt=0)
-    time_min: int = Field(30, ge=1)
+    gpus: int = Field(0, ge=0, description="GPUs per node")
+    cpus: int = Field(1, ge=1, description="CPUs per task")
+    mem_gb: float = Field(4, gt=0, description="memory per node")
+    time_min: int = Field(30, ge=1, description="time limit per trial (a job: x repetitions)")
+    nodes: int = Field(1, ge=1, description="nodes (clients spread over them: clients >= nodes)")
 
 
 class ServiceSettings(BaseModel):
@@ -45,6 +46,9 @@ class ServiceSettings(BaseModel):
     driver: str
     mode: Literal["embedded", "server"] = "embedded"
     resources: Resources = Field(default_factory=Resources)
+    # A SUT started as a Slurm job by `benchflow servers start`: its id stands for
+    # mode=server and its endpoint (resolved before the driver sees the settings).
+    server: str | None = None
 
 
 @dataclass(frozen=True)
