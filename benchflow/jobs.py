@@ -67,8 +67,9 @@ def _resumed(spec, rep: int, job_dir: Path) -> bool:
     if done is None:
         return False
     resume.list_resumed(job_dir, [done], c.results_dir, c.scenario)
-    log.info("repetition %d already FINISHED (run %s): skipped (resume=false reruns)", rep,
-             done.run_id)
+    log.info(
+        "repetition %d already FINISHED (run %s): skipped (resume=false reruns)", rep, done.run_id
+    )
     return True
 
 
@@ -93,7 +94,11 @@ def run_with_retries(spec, rep: int, sweep: SweepInfo | None, job_dir: Path) -> 
         delay = c.retry_backoff_s * 2**attempt
         log.warning(
             "repetition %d failed (%s); retry %d/%d in %.3g s",
-            rep, outcome.error_class, attempt + 1, c.max_retries, delay,
+            rep,
+            outcome.error_class,
+            attempt + 1,
+            c.max_retries,
+            delay,
         )
         with open(job_dir / sweeps.RETRIED_FILE, "a") as f:
             f.write(f"{outcome.trial_dir}\n")

@@ -76,9 +76,7 @@ class SweepCallback(Callback):
             "finished": sum(r["status"] == "finished" for r in rows),
             "failed": sum(r["status"] != "finished" for r in rows),
             "invalid": sum(r["status"] == "finished" and r["valid"] is False for r in rows),
-            "retried": sum(
-                len(p.read_text().split()) for p in sweep_dir.glob(f"*/{RETRIED_FILE}")
-            ),
+            "retried": sum(len(p.read_text().split()) for p in sweep_dir.glob(f"*/{RETRIED_FILE}")),
         }
         files = write_summary(sweep_dir, rows)
         print_summary(rows, counts, sweep_dir)

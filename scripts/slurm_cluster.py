@@ -181,8 +181,7 @@ def start(d: Path) -> dict[str, str]:
     auth = f"AuthType=auth/munge\nAuthInfo=socket={sock}\n"
     dbd_conf = d / "slurmdbd.conf"
     dbd_conf.write_text(
-        auth
-        + f"DbdHost=localhost\nDbdAddr=127.0.0.1\nDbdPort={ports['dbd']}\nSlurmUser=root\n"
+        auth + f"DbdHost=localhost\nDbdAddr=127.0.0.1\nDbdPort={ports['dbd']}\nSlurmUser=root\n"
         f"PidFile={d / 'slurmdbd.pid'}\nLogFile={d / 'slurmdbd.log'}\n"
         "StorageType=accounting_storage/mysql\nStorageHost=127.0.0.1\n"
         f"StoragePort={ports['mysql']}\nStorageUser=slurm\nStoragePass={password}\n"
@@ -238,22 +237,30 @@ def start(d: Path) -> dict[str, str]:
     env = {**os.environ, "SLURM_CONF": str(conf)}
 
     subprocess.Popen(
-        ["slurmdbd"], env={**env, "SLURM_CONF": str(conf)}, stdin=subprocess.DEVNULL,
+        ["slurmdbd"],
+        env={**env, "SLURM_CONF": str(conf)},
+        stdin=subprocess.DEVNULL,
         start_new_session=True,
     ).wait()  # forks itself
     # slurmdbd reads slurmdbd.conf from the directory of SLURM_CONF
     _wait("slurmdbd", lambda: _port_open(ports["dbd"]), 60, d / "slurmdbd.log")
     _run(["sacctmgr", "-i", "add", "cluster", cluster], env=env)
     _run(["sacctmgr", "-i", "add", "account", ACCOUNT, f"cluster={cluster}"], env=env)
-    _run(["sacctmgr", "-i", "add", "user", "root", f"account={ACCOUNT}", f"cluster={cluster}"],
-         env=env)
+    _run(
+        ["sacctmgr", "-i", "add", "user", "root", f"account={ACCOUNT}", f"cluster={cluster}"],
+        env=env,
+    )
     _run(["slurmctld", "-i"], env=env)
     _wait("slurmctld", lambda: _port_open(ports["ctld"]), 30, d / "slurmctld.log")
     _run(["slurmd", "-N", host], env=env)
     _wait("slurmd idle", lambda: _idle(env), 60, d / "slurmd.log")
     _run(["srun", "--time=1", "true"], env=env, timeout=60)  # the end-to-end probe
-    out = {"SLURM_CONF": str(conf), "SLURM_CLUSTER": cluster, "SLURM_ACCOUNT_NAME": ACCOUNT,
-           "SLURM_NODE": host}
+    out = {
+        "SLURM_CONF": str(conf),
+        "SLURM_CLUSTER": cluster,
+        "SLURM_ACCOUNT_NAME": ACCOUNT,
+        "SLURM_NODE": host,
+    }
     (d / "env").write_text("".join(f"{k}={v}\n" for k, v in out.items()))
     return out
 
@@ -276,12 +283,14 @@ def stop(d: Path) -> None:
     if conf.exists() and _alive(_pid(d / "slurmctld.pid")):
         env = {**os.environ, "SLURM_CONF": str(conf)}
         with contextlib.suppress(subprocess.SubprocessError, OSError):
-            subprocess.run(["scancel", "--full", "--user=root"], env=env, timeout=15,
-                           capture_output=True)
+            subprocess.run(
+                ["scancel", "--full", "--user=root"], env=env, timeout=15, capture_output=True
+            )
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                q = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True,
-                                   timeout=10)
+                q = subprocess.run(
+                    ["squeue", "-h"], env=env, capture_output=True, text=True, timeout=10
+                )
                 if not q.stdout.strip():
                     break
                 time.sleep(0.3)

@@ -89,8 +89,17 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
         self.logs_dir = Path(p.get("logs_dir") or sweep_dir / "logs")
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.record = SweepRecord.load(sweep_dir) or SweepRecord(sweep_dir)
-        site = {k: p.get(k) for k in ("nodes", "tasks_per_node", "cpus_per_task", "mem_gb",
-                                      "gpus_per_node", "timeout_min")}
+        site = {
+            k: p.get(k)
+            for k in (
+                "nodes",
+                "tasks_per_node",
+                "cpus_per_task",
+                "mem_gb",
+                "gpus_per_node",
+                "timeout_min",
+            )
+        }
         specs = self._specs([list(o) for o in job_overrides])
         jobs = []
         for i, (overrides, spec) in enumerate(zip(job_overrides, specs, strict=True)):
@@ -185,8 +194,7 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
                     j.record.status = "skipped"
                     j.record.note = "all repetitions FINISHED already (resume)"
                     job_dir = sweep_dir / str(j.num)
-                    resume.list_resumed(job_dir, list(done.values()), cfg.results_dir,
-                                        cfg.scenario)
+                    resume.list_resumed(job_dir, list(done.values()), cfg.results_dir, cfg.scenario)
         except Exception as exc:  # MLflow unreachable: submit everything
             log.warning("resume check failed (%s); submitting every job", exc)
             return
@@ -263,8 +271,13 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
         self._attach_logs(j, extra=orphans)
         if will_retry:
             delay = cfg.retry_backoff_s * 2 ** (n_attempts - 1)
-            log.warning("job #%d: resubmitting in %.3g s (retry %d/%d)", j.num, delay,
-                        n_attempts, cfg.max_retries)
+            log.warning(
+                "job #%d: resubmitting in %.3g s (retry %d/%d)",
+                j.num,
+                delay,
+                n_attempts,
+                cfg.max_retries,
+            )
             j.resubmit_at = time.monotonic() + delay
             self.record.save()
             return False
@@ -345,9 +358,8 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
     def _record_unrun(self, j: _Job, state: str) -> None:
         """Repetitions the job never reached are failed trials too (the summary counts them)."""
         from benchflow import sweep as sweeps
-        from benchflow.trial import SweepInfo, record_unrun_trial
-
         from benchflow.result import read_json
+        from benchflow.trial import SweepInfo, record_unrun_trial
 
         cfg = j.spec.cfg
         job_dir = Path(str(self.config.hydra.sweep.dir)) / str(j.num)
@@ -372,7 +384,10 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
                 if rep in seen:
                     continue
                 o = record_unrun_trial(
-                    j.spec, rep, info, f"slurm_{state}",
+                    j.spec,
+                    rep,
+                    info,
+                    f"slurm_{state}",
                     f"never ran: its Slurm job {j.record.job_id} ended {state}",
                     attempt=len(j.record.attempts) - 1,
                 )
@@ -391,8 +406,11 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
         files = [f for f in files if f.exists()]
         if not files:
             return
-        dirs = [m["_dir"] for m in self._job_trials(j) if m.get("lineage", {}).get("slurm", {})
-                .get("job_id") == raw] + list(extra)
+        dirs = [
+            m["_dir"]
+            for m in self._job_trials(j)
+            if m.get("lineage", {}).get("slurm", {}).get("job_id") == raw
+        ] + list(extra)
         for d in dict.fromkeys(dirs):
             if d in j.logs_attached:
                 continue
