@@ -119,7 +119,7 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
             log.info("submitting %d job(s) as one array: %s", len(group), req.describe())
             for j in group:
                 log.info("\t#%d : %s", j.num, " ".join(filter_overrides(j.overrides)))
-            sjobs = ex.map_array(self, *zip(*[self._args(j) for j in group]))
+            sjobs = ex.map_array(self, *zip(*[self._args(j) for j in group], strict=True))
             now = time.time()
             for j, sj in zip(group, sjobs, strict=True):
                 j.sjob = sj
