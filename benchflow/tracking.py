@@ -283,6 +283,7 @@ def _trial_tags(meta: dict, result: dict | None, status: str) -> dict[str, str]:
         tags["benchflow.target"] = meta["target"]
     if meta.get("sweep"):
         tags["benchflow.sweep_id"] = meta["sweep"]["sweep_id"]
+        tags["benchflow.sweep_job"] = str(meta["sweep"].get("job_num"))
     if result is not None:
         tags["benchflow.valid"] = str(result["validity"]["valid"]).lower()
         tags["benchflow.throughput_unit"] = result["throughput"]["unit"]

@@ -16,6 +16,10 @@ import click
 COMMANDS: dict[str, str] = {
     "drivers": "benchflow.cli.drivers:drivers",
     "sync": "benchflow.cli.sync:sync",
+    "plan": "benchflow.cli.plan:plan",
+    "status": "benchflow.cli.status:status",
+    "stop": "benchflow.cli.stop:stop",
+    "servers": "benchflow.cli.servers:servers",
 }
 
 

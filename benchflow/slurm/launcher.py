@@ -105,7 +105,7 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
         for i, (overrides, spec) in enumerate(zip(job_overrides, specs, strict=True)):
             num = initial_job_idx + i
             req = request_for(spec, site)
-            rec = JobRecord(num, list(overrides), req.as_dict())
+            rec = JobRecord(num, list(overrides), req.as_dict(), spec.cfg.repetitions)
             self.record.jobs[num] = rec
             jobs.append(_Job(num, list(overrides), spec, req, rec))
         self._skip_finished(jobs, sweep_dir)

@@ -33,6 +33,7 @@ class JobRecord:
     num: int
     overrides: list[str]
     request: dict[str, Any] | None
+    repetitions: int = 1
     status: str = "submitted"  # submitted | skipped | finished | failed
     attempts: list[Attempt] = field(default_factory=list)
     note: str | None = None
