@@ -8,6 +8,8 @@ separate trials sharing one config hash.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,7 +25,21 @@ from benchflow.trial import SweepInfo, TrialOutcome, run_trial, trial_config_has
 log = logging.getLogger("benchflow.jobs")
 
 
+class JobTerminated(BaseException):
+    """The job got SIGTERM (scancel, time limit, preemption): the trial stops, recorded."""
+
+    error_class = "terminated"
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise JobTerminated("SIGTERM: the Slurm job is being cancelled, timed out or preempted")
+
+
 def run_job(cfg: DictConfig) -> list[TrialOutcome]:
+    if os.environ.get("SLURM_JOB_ID"):
+        # submitit ignores SIGTERM, so a cancelled job would measure on while Slurm
+        # kills its SUT and record a bogus result; stop the trial instead.
+        signal.signal(signal.SIGTERM, _on_sigterm)
     hc = HydraConfig.get()
     overrides = tuple(OmegaConf.to_container(hc.overrides.task))
     try:

@@ -92,8 +92,20 @@ def _table(p) -> None:
     split = [set(j.overrides) for j in p.jobs]
     common = set.intersection(*split) if split else set()
     t = Table(title=f"plan: {len(p.jobs)} job(s)")
-    for col in ("job", "varies", "service", "reps", "nodes", "tasks", "cpus/task", "gpus/node",
-                "mem GB", "time min", "GPU-h", "CPU-h"):
+    for col in (
+        "job",
+        "varies",
+        "service",
+        "reps",
+        "nodes",
+        "tasks",
+        "cpus/task",
+        "gpus/node",
+        "mem GB",
+        "time min",
+        "GPU-h",
+        "CPU-h",
+    ):
         t.add_column(col, overflow="fold")
     for j in p.jobs:
         r = j.request

@@ -238,6 +238,10 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
         from submitit.core.utils import FailedJobError, UncompletedJobError
 
         attempt = j.record.attempts[-1]
+        # submitit waits up to 15 s for a result file a slow shared filesystem has not
+        # shown yet: worth it after COMPLETED, pointless after CANCELLED or TIMEOUT.
+        completed = (j.sjob.state or "").startswith("COMPLETED")
+        j.sjob._results_timeout_s = 15 if completed else 2
         try:
             j.result = j.sjob.result()
             attempt.state = "COMPLETED"
@@ -262,13 +266,15 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
         cfg = j.spec.cfg
         n_attempts = len(j.record.attempts)
         will_retry = retry and n_attempts <= cfg.max_retries and not self.record.stopped()
-        orphans = self._close_orphans(j, state, final=not will_retry)
+        orphans, finished = self._close_orphans(j, state, final=not will_retry)
         listing = sweeps.RETRIED_FILE if will_retry else sweeps.TRIALS_FILE
         job_dir = Path(str(self.config.hydra.sweep.dir)) / str(j.num)
         job_dir.mkdir(parents=True, exist_ok=True)
         with open(job_dir / listing, "a") as f:
             f.writelines(f"{o}\n" for o in orphans)
-        self._attach_logs(j, extra=orphans)
+        with open(job_dir / sweeps.TRIALS_FILE, "a") as f:
+            f.writelines(f"{o}\n" for o in finished)
+        self._attach_logs(j, extra=orphans + finished)
         if will_retry:
             delay = cfg.retry_backoff_s * 2 ** (n_attempts - 1)
             log.warning(
@@ -329,16 +335,39 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
                 out.append(meta)
         return out
 
-    def _close_orphans(self, j: _Job, state: str, final: bool) -> list[str]:
-        """Trials the dead job left 'running': recorded as failed, uploaded as FAILED runs."""
+    def _close_orphans(self, j: _Job, state: str, final: bool) -> tuple[list[str], list[str]]:
+        """What a dead job left behind.
+
+        Trials left 'running' are recorded as failed (``slurm_<STATE>``) and uploaded
+        as FAILED runs; trials that finished but were not listed yet (the job died
+        while uploading) are complete results: uploaded and listed, so a retry
+        resumes past them. Returns (orphans, finished).
+        """
+        from benchflow import sweep as sweeps
         from benchflow import tracking
         from benchflow.result import write_json
 
-        orphans = []
+        job_dir = Path(str(self.config.hydra.sweep.dir)) / str(j.num)
+        listed: set[str] = set()
+        for name in (sweeps.TRIALS_FILE, sweeps.RETRIED_FILE):
+            if (job_dir / name).exists():
+                listed |= set((job_dir / name).read_text().split())
+        orphans, finished = [], []
         for meta in self._job_trials(j):
-            if meta["status"] != "running":
-                continue
             tdir = Path(meta.pop("_dir"))
+            if str(tdir) in listed:
+                continue
+            killed = meta["status"] == "running" or (
+                (meta.get("error") or {}).get("class") == "terminated"
+            )
+            if not killed:  # finished or failed by itself: a complete record
+                finished.append(str(tdir))
+                if j.spec.cfg.tracking.upload:
+                    try:
+                        tracking.upload_trial(tdir)
+                    except Exception as exc:
+                        log.warning("could not upload %s: %s (benchflow sync will)", tdir, exc)
+                continue
             meta["status"] = "failed"
             meta["error"] = {
                 "class": f"slurm_{state}",
@@ -353,7 +382,7 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
                     tracking.upload_trial(tdir)
                 except Exception as exc:
                     log.warning("could not upload %s: %s (benchflow sync will)", tdir, exc)
-        return orphans
+        return orphans, finished
 
     def _record_unrun(self, j: _Job, state: str) -> None:
         """Repetitions the job never reached are failed trials too (the summary counts them)."""

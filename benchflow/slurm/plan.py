@@ -88,9 +88,7 @@ class Plan:
         return out
 
 
-def make_plan(
-    overrides: list[str], multirun: bool = True, config_dir: str | None = None
-) -> Plan:
+def make_plan(overrides: list[str], multirun: bool = True, config_dir: str | None = None) -> Plan:
     """Expand ``overrides`` into jobs with their requests (raises ConfigError)."""
     jobs = sweep_jobs(overrides, multirun)
     with composing(config_dir) as composer:

@@ -91,8 +91,10 @@ def sweep_status(sweep_dir: Path) -> SweepStatus:
     record = SweepRecord.load(sweep_dir)
     runs = _runs(sweep_dir)
     jobs: list[JobStatus] = []
-    nums = sorted(record.jobs) if record else sorted(
-        int(p.name) for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()
+    nums = (
+        sorted(record.jobs)
+        if record
+        else sorted(int(p.name) for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit())
     )
     live: dict[str, str] = {}
     final: dict[str, str] = {}

@@ -54,8 +54,15 @@ def _wait_for(cond, timeout_s: float, what: str):
 def test_mixed_sweep_requests_each_trials_resources(swd):
     """A GPU service and a CPU service in one sweep: one array per request, each job
     asking for its own trial's resources (read back from scontrol and sacct)."""
-    swd.run("-m", *SITE, "service=noop_small,sleep_gpu", "concurrency=1,2", *FAST,
-            check=True, timeout=400)
+    swd.run(
+        "-m",
+        *SITE,
+        "service=noop_small,sleep_gpu",
+        "concurrency=1,2",
+        *FAST,
+        check=True,
+        timeout=400,
+    )
     sweep = _sweep_dir(swd)
     jobs = _record(sweep)
     assert len(jobs) == 4 and all(j["status"] == "finished" for j in jobs.values())
@@ -69,8 +76,9 @@ def test_mixed_sweep_requests_each_trials_resources(swd):
         assert show["MinMemoryNode"] == ("2G" if gpu else "1G")
         assert show["TimeLimit"] == ("00:05:00" if gpu else "00:03:00")
         assert (show.get("TresPerNode") == "gres:gpu:1") is gpu
-        acct = _slurm(swd, "sacct", "-n", "-X", "-P", "-o", "ReqTRES", "-j",
-                      j["attempts"][0]["job_id"]).strip()
+        acct = _slurm(
+            swd, "sacct", "-n", "-X", "-P", "-o", "ReqTRES", "-j", j["attempts"][0]["job_id"]
+        ).strip()
         assert ("gres/gpu=1" in acct) is gpu, acct
 
     runs = swd.runs()
@@ -83,8 +91,10 @@ def test_mixed_sweep_requests_each_trials_resources(swd):
         assert run["tags.slurm.array_task_id"] in ("0", "1")
         import mlflow
 
-        arts = [a.path for a in mlflow.MlflowClient(swd.tracking_uri).list_artifacts(
-            run["run_id"], "logs")]
+        arts = [
+            a.path
+            for a in mlflow.MlflowClient(swd.tracking_uri).list_artifacts(run["run_id"], "logs")
+        ]
         want = f"logs/benchflow_{run['tags.slurm.job_id']}"
         assert f"{want}.out" in arts and f"{want}.err" in arts, arts
     assert (sweep / "logs" / f"benchflow_{trials.iloc[0]['tags.slurm.job_id']}.out").exists()
@@ -112,14 +122,31 @@ def _attempts(sweep: Path, num: int) -> list[dict]:
 def test_cancelled_job_is_retried_then_reported(swd):
     """scancel mid-trial: the job is resubmitted (max_retries=1); cancelled again it is
     reported: a failed trial (slurm_CANCELLED) in the summary and in MLflow."""
-    args = ["-m", *SITE, "service=sleep", "seed=1,2", "duration_s=6", "warmup_s=0.2",
-            "monitor.interval_s=0.5", "max_retries=1", "retry_backoff_s=1"]
-    proc = subprocess.Popen([sys.executable, "-m", "benchflow", *args], cwd=swd.path,
-                            env=swd.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    args = [
+        "-m",
+        *SITE,
+        "service=sleep",
+        "seed=1,2",
+        "duration_s=6",
+        "warmup_s=0.2",
+        "monitor.interval_s=0.5",
+        "max_retries=1",
+        "retry_backoff_s=1",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchflow", *args],
+        cwd=swd.path,
+        env=swd.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
-        sweep = _wait_for(lambda: (swd.results / "adhoc" / "_sweeps").exists()
-                          and _sweep_dir(swd), 60, "the sweep dir")
+        sweep = _wait_for(
+            lambda: (swd.results / "adhoc" / "_sweeps").exists() and _sweep_dir(swd),
+            60,
+            "the sweep dir",
+        )
         cancels = {0: 1, 1: 2}  # job 0 cancelled once (its retry finishes), job 1 twice
         done: dict[int, int] = {0: 0, 1: 0}
         deadline = time.monotonic() + 240
@@ -163,14 +190,29 @@ def test_cancelled_job_is_retried_then_reported(swd):
 def test_interrupted_sweep_resumes_and_runs_only_what_was_missing(swd):
     """A sweep stopped after its first job (benchflow stop) is run again: the finished
     trial is skipped (not even submitted), the two missing ones run."""
-    args = ["-m", *SITE, "service=noop_small", "seed=1,2,3", *FAST,
-            "hydra.launcher.array_parallelism=1", "max_retries=0"]
-    proc = subprocess.Popen([sys.executable, "-m", "benchflow", *args], cwd=swd.path,
-                            env=swd.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    args = [
+        "-m",
+        *SITE,
+        "service=noop_small",
+        "seed=1,2,3",
+        *FAST,
+        "hydra.launcher.array_parallelism=1",
+        "max_retries=0",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchflow", *args],
+        cwd=swd.path,
+        env=swd.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
-        sweep = _wait_for(lambda: (swd.results / "adhoc" / "_sweeps").exists()
-                          and _sweep_dir(swd), 60, "the sweep dir")
+        sweep = _wait_for(
+            lambda: (swd.results / "adhoc" / "_sweeps").exists() and _sweep_dir(swd),
+            60,
+            "the sweep dir",
+        )
         _wait_for(lambda: (sweep / "0" / "trials.txt").exists(), 120, "job 0's trial")
         stop = swd.run("stop", sweep.name, check=True)
         assert "stopped" in stop.stdout
@@ -199,12 +241,20 @@ def test_over_budget_sweep_is_refused_unless_approved(swd, tmp_path):
     """Over budget: refused at submission (exit 2, nothing queued, nothing in MLflow);
     an administrator's recorded approval lets the same sweep through."""
     before = _slurm(swd, "sacct", "-n", "-X", "-P", "-o", "JobID", "-S", "now-1hour")
-    args = ["-m", *SITE, "service=sleep_gpu", "repetitions=2", "budget.gpu_hours=0.1",
-            f"budget.approvals_dir={tmp_path / 'approvals'}", *FAST]
+    args = [
+        "-m",
+        *SITE,
+        "service=sleep_gpu",
+        "repetitions=2",
+        "budget.gpu_hours=0.1",
+        f"budget.approvals_dir={tmp_path / 'approvals'}",
+        *FAST,
+    ]
     proc = swd.run(*args)
     assert proc.returncode == 2
     assert "sweep refused" in proc.stderr and "0.1667 GPU-hours > budget.gpu_hours=0.1" in (
-        proc.stderr)
+        proc.stderr
+    )
     after = _slurm(swd, "sacct", "-n", "-X", "-P", "-o", "JobID", "-S", "now-1hour")
     assert after == before, "nothing submitted"
     assert not (swd.results / "adhoc" / "_sweeps").exists()
