@@ -170,6 +170,9 @@ def validate(cfg: DictConfig | dict, overrides: tuple[str, ...] = ()) -> TrialSp
         bench = BenchConfig.model_validate(resolved)
     except ValidationError as exc:
         raise _from_pydantic(exc, BenchConfig, resolved) from None
+    if bench.service.get("server"):
+        bench.service = _server_endpoint(bench.service)
+        resolved["service"] = bench.service
     driver_name = bench.service.get("driver")
     try:
         driver_cls = discovery.load(str(driver_name))
@@ -187,6 +190,21 @@ def validate(cfg: DictConfig | dict, overrides: tuple[str, ...] = ()) -> TrialSp
     except ConfigRefused as exc:
         raise ConfigError(exc.key, exc.value, exc.allowed) from None
     return spec
+
+
+def _server_endpoint(service: dict[str, Any]) -> dict[str, Any]:
+    """``service.server=ID``: a server started as a job stands for mode=server + its endpoint."""
+    from benchflow.slurm.servers import endpoint_of
+
+    try:
+        endpoint = endpoint_of(str(service["server"]))
+    except KeyError:
+        raise ConfigError(
+            "service.server",
+            service["server"],
+            "no ready server with this id (benchflow servers ps)",
+        ) from None
+    return {**service, "mode": "server", "endpoint": endpoint}
 
 
 def _first_line(exc: BaseException) -> str:

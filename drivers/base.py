@@ -88,6 +88,17 @@ class TrialContext:
         self.phases[name] = figures
 
 
+@dataclass(frozen=True)
+class ServerRecipe:
+    """How to run a driver's SUT as a standalone server (``benchflow servers start``)."""
+
+    cmd: list[str]
+    port: int
+    ready: Literal["http", "tcp"] = "http"
+    ready_path: str = "/health"  # ready when GET answers 200 (ready="http")
+    scheme: str = "http"  # endpoint = scheme://host:port
+
+
 class DriverError(Exception):
     """A known, handled failure; ``error_class`` is recorded with the trial."""
 
@@ -132,6 +143,14 @@ class Driver(ABC):
             raise ConfigRefused(
                 "clients", run.clients, f"{cls.name} runs inside the harness process; use clients=1"
             )
+
+    @classmethod
+    def server_recipe(cls, settings: ServiceSettings, host: str, port: int) -> ServerRecipe | None:
+        """The SUT as a standalone server on ``host:port`` (None: it has no server form).
+
+        Clients then reach it with ``service.mode=server service.endpoint=...``.
+        """
+        return None
 
     def setup(self) -> None:  # noqa: B027 - optional hook
         """Start/prepare the SUT and its data. Time phases with ``self.trial.phase(name)``."""
