@@ -238,9 +238,12 @@ def _measure(spec: TrialSpec, trial_id: str, trial_dir: Path, meta: dict):
         t = time.perf_counter()
         with _progress(cfg, phases) as progress:
             if cfg.clients > 1:
-                from benchflow.load.clients import run_clients
+                from benchflow.load.clients import resolve_launch, run_clients
 
-                recs = run_clients(driver, phases, cfg.clients, cfg.stall_timeout_s, before)
+                launch = resolve_launch(cfg.client_launch, cfg.clients)
+                recs = run_clients(
+                    driver, phases, cfg.clients, cfg.stall_timeout_s, before, launch, ctx.extra
+                )
             else:
                 engine = Engine(driver, cfg.concurrency, cfg.stall_timeout_s)
                 progress.engine = engine
