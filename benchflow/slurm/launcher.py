@@ -75,6 +75,43 @@ class _Job:
     logs_attached: set[str] = field(default_factory=set)
 
 
+class _Remote:
+    """What each Slurm job runs: the launcher and Hydra's state, pickled once per sweep.
+
+    submitit pickles the callable with every job; the launcher carries the whole
+    Hydra context (~tens of ms to pickle), so jobs get this small handle to one
+    shared pickle instead, and load it on the node.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @classmethod
+    def write(cls, launcher, sweep_dir: Path) -> _Remote:
+        import cloudpickle
+
+        path = sweep_dir / ".submitit" / "launcher.pkl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remote, launcher.remote = getattr(launcher, "remote", None), None
+        try:
+            path.write_bytes(cloudpickle.dumps((launcher, Singleton.get_state())))
+        finally:
+            launcher.remote = remote
+        return cls(str(path))
+
+    def __call__(self, overrides, job_dir_key: str, num: int, job_id: str) -> JobReturn:
+        import pickle
+
+        launcher, state = pickle.loads(Path(self.path).read_bytes())
+        return launcher(overrides, job_dir_key, num, job_id, state)
+
+    def checkpoint(self, *args):
+        """Requeued after a time limit or preemption: rerun the job (resume skips what is done)."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args)
+
+
 class SlurmSweepLauncher(BaseSubmititLauncher):
     _EXECUTOR = "slurm"
 
@@ -114,12 +151,13 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
         for j in jobs:
             if j.record.status != "skipped":
                 groups[j.request].append(j)
+        self.remote = _Remote.write(self, sweep_dir) if groups else None
         for req, group in sorted(groups.items()):
             ex = self._executor(submitit, req)
             log.info("submitting %d job(s) as one array: %s", len(group), req.describe())
             for j in group:
                 log.info("\t#%d : %s", j.num, " ".join(filter_overrides(j.overrides)))
-            sjobs = ex.map_array(self, *zip(*[self._args(j) for j in group], strict=True))
+            sjobs = ex.map_array(self.remote, *zip(*[self._args(j) for j in group], strict=True))
             now = time.time()
             for j, sj in zip(group, sjobs, strict=True):
                 j.sjob = sj
@@ -172,7 +210,7 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
         return ex
 
     def _args(self, j: _Job) -> tuple:
-        return (j.overrides, "hydra.sweep.dir", j.num, f"job_id_for_{j.num}", Singleton.get_state())
+        return (j.overrides, "hydra.sweep.dir", j.num, f"job_id_for_{j.num}")
 
     def _skip_finished(self, jobs: list[_Job], sweep_dir: Path) -> None:
         """Resume: a job whose repetitions all have a FINISHED run is not submitted."""
@@ -306,7 +344,7 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
             j.result = None
             return
         ex = self._executor(submitit, j.request)
-        j.sjob = ex.submit(self, *self._args(j))
+        j.sjob = ex.submit(self.remote, *self._args(j))
         j.record.attempts.append(Attempt(j.sjob.job_id, time.time()))
         log.info("job #%d resubmitted as %s", j.num, j.sjob.job_id)
         self.record.save()
