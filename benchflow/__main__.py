@@ -38,6 +38,10 @@ def _prevalidate(argv: list[str]) -> None:
 
     try:
         compose_trials(args.overrides, multirun, args.config_dir)
+        if multirun:  # a sweep sent to Slurm must fit its budget (or be approved)
+            from benchflow.slurm.plan import check_budget, make_plan
+
+            check_budget(make_plan(args.overrides, True, args.config_dir))
     except ConfigError as exc:
         print(f"benchflow: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None

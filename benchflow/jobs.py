@@ -8,7 +8,10 @@ separate trials sharing one config hash.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -17,12 +20,26 @@ from omegaconf import DictConfig, OmegaConf
 
 from benchflow import sweep as sweeps
 from benchflow.config import EXIT_CONFIG, ConfigError, validate
-from benchflow.trial import SweepInfo, TrialOutcome, run_trial
+from benchflow.trial import SweepInfo, TrialOutcome, run_trial, trial_config_hash
 
 log = logging.getLogger("benchflow.jobs")
 
 
+class JobTerminated(BaseException):
+    """The job got SIGTERM (scancel, time limit, preemption): the trial stops, recorded."""
+
+    error_class = "terminated"
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise JobTerminated("SIGTERM: the Slurm job is being cancelled, timed out or preempted")
+
+
 def run_job(cfg: DictConfig) -> list[TrialOutcome]:
+    if os.environ.get("SLURM_JOB_ID"):
+        # submitit ignores SIGTERM, so a cancelled job would measure on while Slurm
+        # kills its SUT and record a bogus result; stop the trial instead.
+        signal.signal(signal.SIGTERM, _on_sigterm)
     hc = HydraConfig.get()
     overrides = tuple(OmegaConf.to_container(hc.overrides.task))
     try:
@@ -37,10 +54,14 @@ def run_job(cfg: DictConfig) -> list[TrialOutcome]:
         resolved_uri(spec.cfg.tracking.uri)
     multirun = hc.mode == RunMode.MULTIRUN
     sweep = _sweep_info(hc) if multirun else None
-    listing = Path(hc.runtime.output_dir) / sweeps.TRIALS_FILE
+    job_dir = Path(hc.runtime.output_dir)
+    listing = job_dir / sweeps.TRIALS_FILE
     outcomes = []
     for rep in range(spec.cfg.repetitions):
-        outcome = run_trial(spec, rep, sweep)
+        # Checked before each repetition: a requeued job finds what it already did.
+        if multirun and spec.cfg.resume and _resumed(spec, rep, job_dir):
+            continue
+        outcome = run_with_retries(spec, rep, sweep, job_dir)
         outcomes.append(outcome)
         with open(listing, "a") as f:
             f.write(f"{outcome.trial_dir}\n")
@@ -49,6 +70,61 @@ def run_job(cfg: DictConfig) -> list[TrialOutcome]:
         if any(o.status != "finished" for o in outcomes):
             raise SystemExit(1)
     return outcomes
+
+
+def _resumed(spec, rep: int, job_dir: Path) -> bool:
+    """True when this repetition already has a FINISHED run (it is then listed, not rerun)."""
+    from benchflow import resume, tracking
+
+    c = spec.cfg
+    if not c.tracking.upload:
+        return False
+    try:
+        client = tracking.client(c.tracking.uri, c.tracking.http_timeout_s, c.tracking.http_retries)
+        done = resume.finished(client, c.tracking.experiment, trial_config_hash(spec)).get(rep)
+    except Exception as exc:  # MLflow unreachable: run it rather than guess
+        log.warning("resume check failed (%s); running repetition %d", exc, rep)
+        return False
+    if done is None:
+        return False
+    resume.list_resumed(job_dir, [done], c.results_dir, c.scenario)
+    log.info(
+        "repetition %d already FINISHED (run %s): skipped (resume=false reruns)", rep, done.run_id
+    )
+    return True
+
+
+def _transient(error_class: str | None, retry_on: list[str]) -> bool:
+    return error_class is not None and ("*" in retry_on or error_class in retry_on)
+
+
+def run_with_retries(spec, rep: int, sweep: SweepInfo | None, job_dir: Path) -> TrialOutcome:
+    """Run a repetition; retry it (a new trial each time) while it fails transiently.
+
+    Waits ``retry_backoff_s`` before the first retry and twice as long before each
+    next one. Every attempt keeps its own trial directory and MLflow run; the
+    superseded ones are listed in ``retried.txt`` beside the job's ``trials.txt``.
+    """
+    c = spec.cfg
+    for attempt in range(c.max_retries + 1):
+        outcome = run_trial(spec, rep, sweep, attempt=attempt)
+        if outcome.status == "finished" or attempt == c.max_retries:
+            return outcome
+        if not _transient(outcome.error_class, c.retry_on):
+            return outcome
+        delay = c.retry_backoff_s * 2**attempt
+        log.warning(
+            "repetition %d failed (%s); retry %d/%d in %.3g s",
+            rep,
+            outcome.error_class,
+            attempt + 1,
+            c.max_retries,
+            delay,
+        )
+        with open(job_dir / sweeps.RETRIED_FILE, "a") as f:
+            f.write(f"{outcome.trial_dir}\n")
+        time.sleep(delay)
+    return outcome
 
 
 def _sweep_info(hc) -> SweepInfo:

@@ -230,7 +230,7 @@ def build(
             "gpus": spec.service.resources.gpus,
             "batch": cfg.batch,
             "concurrency": cfg.concurrency,
-            "nodes": 1,
+            "nodes": spec.service.resources.nodes,
             "clients": cfg.clients,
             "rate": cfg.rate,
         },

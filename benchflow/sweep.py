@@ -26,6 +26,7 @@ log = logging.getLogger("benchflow.sweep")
 
 MANIFEST = "sweep.json"
 TRIALS_FILE = "trials.txt"  # in each job's output dir: one trial directory per line
+RETRIED_FILE = "retried.txt"  # attempts superseded by a retry (same format, not in the summary)
 
 
 def sweep_id_of(sweep_dir: str | Path) -> str:
@@ -75,6 +76,7 @@ class SweepCallback(Callback):
             "finished": sum(r["status"] == "finished" for r in rows),
             "failed": sum(r["status"] != "finished" for r in rows),
             "invalid": sum(r["status"] == "finished" and r["valid"] is False for r in rows),
+            "retried": sum(len(p.read_text().split()) for p in sweep_dir.glob(f"*/{RETRIED_FILE}")),
         }
         files = write_summary(sweep_dir, rows)
         print_summary(rows, counts, sweep_dir)
@@ -177,6 +179,7 @@ def print_summary(rows: list[dict], counts: dict[str, int], sweep_dir: Path) -> 
     table = Table(
         title=f"sweep {sweep_dir.name}: {counts['finished']} finished, "
         f"{counts['failed']} failed, {counts['invalid']} invalid"
+        + (f", {counts['retried']} attempt(s) retried" if counts.get("retried") else "")
     )
     cols = ("job", "trial", "varies", "status", "valid", "throughput", "unit", "p50_ms", "p99_ms")
     for col in cols:

@@ -277,6 +277,7 @@ def _trial_tags(meta: dict, result: dict | None, status: str) -> dict[str, str]:
             "benchflow.seed": str(meta["seed"]),
             "benchflow.config_hash": meta["config_hash"],
             "benchflow.repetition": str(meta["repetition"]),
+            "benchflow.attempt": str(meta.get("attempt", 0)),
             "benchflow.status": status,
             "benchflow.overrides": " ".join(meta.get("overrides", []))[:5000],
         }
@@ -289,6 +290,7 @@ def _trial_tags(meta: dict, result: dict | None, status: str) -> dict[str, str]:
             tags["benchflow.target_keys"] = ",".join(meta["target_keys"])[:5000]
     if meta.get("sweep"):
         tags["benchflow.sweep_id"] = meta["sweep"]["sweep_id"]
+        tags["benchflow.sweep_job"] = str(meta["sweep"].get("job_num"))
     if result is not None:
         tags["benchflow.valid"] = str(result["validity"]["valid"]).lower()
         tags["benchflow.throughput_unit"] = result["throughput"]["unit"]

@@ -65,7 +65,17 @@ def _now_iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat()
 
 
-def run_trial(spec: TrialSpec, repetition: int = 0, sweep: SweepInfo | None = None) -> TrialOutcome:
+def trial_config_hash(spec: TrialSpec) -> str:
+    """The config hash a trial of ``spec`` records (what resume compares)."""
+    from drivers import discovery
+
+    return config_hash(spec, discovery.info(spec.service.driver).version)
+
+
+def _new_trial(
+    spec: TrialSpec, repetition: int, sweep: SweepInfo | None, attempt: int
+) -> tuple[str, Path, dict]:
+    """A fresh trial id and directory, and its initial meta.json (status running)."""
     cfg = spec.cfg
     trial_id = uuid.uuid4().hex
     trial_dir = Path(cfg.results_dir) / cfg.scenario / trial_id
@@ -91,6 +101,7 @@ def run_trial(spec: TrialSpec, repetition: int = 0, sweep: SweepInfo | None = No
         "config_hash": config_hash(spec, driver_info.version),
         "repetition": repetition,
         "repetitions": cfg.repetitions,
+        "attempt": attempt,
         "seed": cfg.seed,
         "target": cfg.target,  # NAME/VERSION once resolved
         "target_ref": spec.target.ref if spec.target else None,  # as asked: NAME@ALIAS
@@ -108,6 +119,15 @@ def run_trial(spec: TrialSpec, repetition: int = 0, sweep: SweepInfo | None = No
     results.write_json(trial_dir / "meta.json", meta)
     if driver_info.deprecated:
         log.warning("driver %s is deprecated", driver_info.name)
+    return trial_id, trial_dir, meta
+
+
+def run_trial(
+    spec: TrialSpec, repetition: int = 0, sweep: SweepInfo | None = None, attempt: int = 0
+) -> TrialOutcome:
+    """Run one trial; ``attempt`` counts retries of the same repetition (0: the first)."""
+    cfg = spec.cfg
+    trial_id, trial_dir, meta = _new_trial(spec, repetition, sweep, attempt)
 
     outcome = TrialOutcome(trial_id, trial_dir, "failed", False)
     with trial_logging(trial_dir / "logs", trial_id, spec.resolved):
@@ -135,6 +155,27 @@ def run_trial(spec: TrialSpec, repetition: int = 0, sweep: SweepInfo | None = No
         _finish_meta(trial_dir, meta)
         if cfg.tracking.upload:
             outcome.run_id = _upload(trial_dir, cfg)
+    return outcome
+
+
+def record_unrun_trial(
+    spec: TrialSpec,
+    repetition: int,
+    sweep: SweepInfo | None,
+    error_class: str,
+    message: str,
+    attempt: int = 0,
+) -> TrialOutcome:
+    """Record a trial that never ran (e.g. its Slurm job died first) as a failed trial."""
+    trial_id, trial_dir, meta = _new_trial(spec, repetition, sweep, attempt)
+    meta["process"] = None  # nothing ran here
+    meta["lineage"]["slurm"] = {}  # this process is the submitter, not the job
+    meta["status"] = "failed"
+    meta["error"] = {"class": error_class, "message": message}
+    _finish_meta(trial_dir, meta)
+    outcome = TrialOutcome(trial_id, trial_dir, "failed", False, error_class)
+    if spec.cfg.tracking.upload:
+        outcome.run_id = _upload(trial_dir, spec.cfg)
     return outcome
 
 
@@ -199,9 +240,12 @@ def _measure(spec: TrialSpec, trial_id: str, trial_dir: Path, meta: dict):
         t = time.perf_counter()
         with _progress(cfg, phases) as progress:
             if cfg.clients > 1:
-                from benchflow.load.clients import run_clients
+                from benchflow.load.clients import resolve_launch, run_clients
 
-                recs = run_clients(driver, phases, cfg.clients, cfg.stall_timeout_s, before)
+                launch = resolve_launch(cfg.client_launch, cfg.clients)
+                recs = run_clients(
+                    driver, phases, cfg.clients, cfg.stall_timeout_s, before, launch, ctx.extra
+                )
             else:
                 engine = Engine(driver, cfg.concurrency, cfg.stall_timeout_s)
                 progress.engine = engine

@@ -31,10 +31,11 @@ class Resources(BaseModel):
     """What one trial of this service needs from a scheduler."""
 
     model_config = ConfigDict(extra="forbid")
-    gpus: int = Field(0, ge=0)
-    cpus: int = Field(1, ge=1)
-    mem_gb: float = Field(4, gt=0)
-    time_min: int = Field(30, ge=1)
+    gpus: int = Field(0, ge=0, description="GPUs per node")
+    cpus: int = Field(1, ge=1, description="CPUs per task")
+    mem_gb: float = Field(4, gt=0, description="memory per node")
+    time_min: int = Field(30, ge=1, description="time limit per trial (a job: x repetitions)")
+    nodes: int = Field(1, ge=1, description="nodes (clients spread over them: clients >= nodes)")
 
 
 class ServiceSettings(BaseModel):
@@ -45,6 +46,9 @@ class ServiceSettings(BaseModel):
     driver: str
     mode: Literal["embedded", "server"] = "embedded"
     resources: Resources = Field(default_factory=Resources)
+    # A SUT started as a Slurm job by `benchflow servers start`: its id stands for
+    # mode=server and its endpoint (resolved before the driver sees the settings).
+    server: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,17 @@ class TrialContext:
         yield figures
         figures["seconds"] = time.perf_counter() - t0
         self.phases[name] = figures
+
+
+@dataclass(frozen=True)
+class ServerRecipe:
+    """How to run a driver's SUT as a standalone server (``benchflow servers start``)."""
+
+    cmd: list[str]
+    port: int
+    ready: Literal["http", "tcp"] = "http"
+    ready_path: str = "/health"  # ready when GET answers 200 (ready="http")
+    scheme: str = "http"  # endpoint = scheme://host:port
 
 
 class DriverError(Exception):
@@ -128,6 +143,14 @@ class Driver(ABC):
             raise ConfigRefused(
                 "clients", run.clients, f"{cls.name} runs inside the harness process; use clients=1"
             )
+
+    @classmethod
+    def server_recipe(cls, settings: ServiceSettings, host: str, port: int) -> ServerRecipe | None:
+        """The SUT as a standalone server on ``host:port`` (None: it has no server form).
+
+        Clients then reach it with ``service.mode=server service.endpoint=...``.
+        """
+        return None
 
     def setup(self) -> None:  # noqa: B027 - optional hook
         """Start/prepare the SUT and its data. Time phases with ``self.trial.phase(name)``."""

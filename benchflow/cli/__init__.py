@@ -20,6 +20,10 @@ COMMANDS: dict[str, str] = {
     "compare": "benchflow.cli.compare:compare",
     "promote": "benchflow.cli.promote:promote",
     "report": "benchflow.cli.report:report",
+    "plan": "benchflow.cli.plan:plan",
+    "status": "benchflow.cli.status:status",
+    "stop": "benchflow.cli.stop:stop",
+    "servers": "benchflow.cli.servers:servers",
 }
 
 

@@ -6,16 +6,30 @@ independent Poisson streams is Poisson at the summed rate). The driver, after
 setup(), is sent to every client by pickling, so connections belong in
 ``open_worker``. All clients start each phase at the same wall-clock time; if
 one fails, the others finish and the failure is recorded in the result.
+
+Clients are local processes, or, inside a Slurm job (``launch="srun"``), one
+Slurm task each, spread over the job's nodes: the coordinator listens on a
+socket, ``srun --overlap`` starts :mod:`benchflow.load.shard` on every task,
+and each shard connects back and speaks the same protocol as a local client.
+Before the load, the coordinator measures each client's clock offset
+(NTP-style, the sample with the smallest round trip) and starts each shard at
+the same true instant; the offsets are reported in the result's ``extra``.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import pickle
+import secrets
+import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
+from multiprocessing.connection import Listener
 
 from benchflow.load.engine import Engine, Phase
 from benchflow.load.recorder import Recording
@@ -48,12 +62,30 @@ def shard_phases(phases: list[Phase], n: int, i: int, start_ns: int) -> list[Pha
     return out
 
 
-def _child(conn, payload: bytes, stall_timeout_s: float) -> None:
+def _child(conn, payload: bytes | None, stall_timeout_s: float) -> None:
+    """A client: load the driver, answer clock probes, run its phases, send recordings."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
+        if payload is None:  # a remote shard: the driver comes over the connection
+            payload = conn.recv()
         driver = pickle.loads(payload)
-        conn.send(("ready", None))
-        phases = conn.recv()
+        conn.send(
+            (
+                "ready",
+                {
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "procid": os.environ.get("SLURM_PROCID"),
+                },
+            )
+        )
+        while True:
+            msg = conn.recv()
+            if isinstance(msg, tuple) and msg and msg[0] == "clock":
+                conn.send(("clock", time.time_ns()))
+                continue
+            phases = msg
+            break
         engine = Engine(driver, phases[0].concurrency, stall_timeout_s)
         conn.send(("done", engine.run(phases)))
     except BaseException as exc:  # report, never hang the parent
@@ -62,17 +94,15 @@ def _child(conn, payload: bytes, stall_timeout_s: float) -> None:
         conn.close()
 
 
-def run_clients(
-    driver, phases: list[Phase], clients: int, stall_timeout_s: float, before=None
-) -> list[Recording]:
-    """Run ``phases`` on ``clients`` processes; returns one merged Recording per phase."""
-    try:
-        payload = pickle.dumps(driver)
-    except Exception as exc:
-        raise TypeError(
-            f"driver {driver.name} cannot be sent to client processes ({exc}); "
-            "keep connections in open_worker() or use clients=1"
-        ) from None
+def resolve_launch(launch: str, clients: int, environ=os.environ) -> str:
+    """``auto``: srun inside a Slurm job with a task per client, else local processes."""
+    if launch != "auto":
+        return launch
+    in_job = environ.get("SLURM_JOB_ID") and int(environ.get("SLURM_NTASKS", "1")) >= clients
+    return "srun" if in_job and clients > 1 else "local"
+
+
+def _local(payload: bytes, clients: int, stall_timeout_s: float):
     ctx = mp.get_context("spawn")
     procs, conns = [], []
     for _ in range(clients):
@@ -81,7 +111,99 @@ def run_clients(
         p.start()
         procs.append(p)
         conns.append(parent)
+    return procs, conns
+
+
+def _srun(payload: bytes, clients: int, stall_timeout_s: float):
+    """One shard per Slurm task of this job, each connecting back to a listener here."""
+    if not os.environ.get("SLURM_JOB_ID"):
+        raise RuntimeError("client_launch=srun needs to run inside a Slurm job")
+    multi_node = int(os.environ.get("SLURM_JOB_NUM_NODES", os.environ.get("SLURM_NNODES", "1")))
+    # One node: loopback; several: the address the other nodes reach this one at.
+    host = socket.gethostname() if multi_node > 1 else "127.0.0.1"
+    authkey = secrets.token_bytes(16)
+    listener = Listener((host, 0), authkey=authkey)
+    address = f"{host}:{listener.address[1]}"
+    nodes = min(multi_node, clients)
+    cmd = [
+        "srun",
+        "--overlap",
+        f"--ntasks={clients}",
+        f"--nodes={nodes}",
+        "--kill-on-bad-exit=0",
+        "--cpus-per-task=1",
+        sys.executable,
+        "-m",
+        "benchflow.load.shard",
+        address,
+        str(stall_timeout_s),
+    ]
+    env = {**os.environ, "BENCHFLOW_SHARD_AUTHKEY": authkey.hex()}
+    step = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+    conns: list = []
+    listener._listener._socket.settimeout(READY_TIMEOUT_S)
+    try:
+        while len(conns) < clients:
+            c = listener.accept()
+            c.send(payload)
+            conns.append(c)
+    except (OSError, TimeoutError) as exc:
+        log.warning("only %d of %d shards connected: %s", len(conns), clients, exc)
+    finally:
+        listener.close()
+    return [step], conns + [_Missing()] * (clients - len(conns))
+
+
+class _Missing:
+    """A shard that never connected."""
+
+    def poll(self, timeout=None) -> bool:
+        return False
+
+
+def clock_offsets(conns, failed: dict[int, str], probes: int = 5) -> dict[int, float]:
+    """Each client's clock minus ours, in ns (NTP-style: the probe with the least round trip)."""
+    out = {}
+    for i, c in enumerate(conns):
+        if i in failed:
+            continue
+        best = None
+        for _ in range(probes):
+            t0 = time.time_ns()
+            c.send(("clock",))
+            _, tc = c.recv()
+            t1 = time.time_ns()
+            if best is None or t1 - t0 < best[0]:
+                best = (t1 - t0, tc - (t0 + t1) // 2)
+        out[i] = float(best[1])
+    return out
+
+
+def run_clients(
+    driver,
+    phases: list[Phase],
+    clients: int,
+    stall_timeout_s: float,
+    before=None,
+    launch: str = "local",
+    report: dict | None = None,
+) -> list[Recording]:
+    """Run ``phases`` on ``clients`` processes; returns one merged Recording per phase.
+
+    ``launch``: "local" processes or "srun" tasks; ``report`` (the result's extra
+    block) receives the clock offsets and how many hosts ran clients.
+    """
+    try:
+        payload = pickle.dumps(driver)
+    except Exception as exc:
+        raise TypeError(
+            f"driver {driver.name} cannot be sent to client processes ({exc}); "
+            "keep connections in open_worker() or use clients=1"
+        ) from None
+    start_fn = _srun if launch == "srun" else _local
+    procs, conns = start_fn(payload, clients, stall_timeout_s)
     failed: dict[int, str] = {}
+    hosts: dict[int, dict] = {}
     for i, c in enumerate(conns):
         if not c.poll(READY_TIMEOUT_S):
             failed[i] = "did not start"
@@ -89,17 +211,29 @@ def run_clients(
         kind, msg = c.recv()
         if kind != "ready":
             failed[i] = msg
+        else:
+            hosts[i] = msg or {}
     if len(failed) == clients:
         _reap(procs)
         raise RuntimeError("every client process failed: " + "; ".join(failed.values()))
+    offsets = clock_offsets(conns, failed)
+    if report is not None and offsets:
+        report["clients.clock_offset_ms_max"] = max(abs(v) for v in offsets.values()) / 1e6
+        report["clients.hosts"] = float(len({h.get("host") for h in hosts.values()}))
+        for i, v in offsets.items():
+            report[f"clients.{i}.clock_offset_ms"] = v / 1e6
     start = time.time_ns() + int(START_MARGIN_S * 1e9)
-    shards = {i: shard_phases(phases, clients, i, start) for i in range(clients)}
+    # each client waits for the shared instant on its own clock
+    shards = {
+        i: shard_phases(phases, clients, i, start + int(offsets.get(i, 0))) for i in range(clients)
+    }
     for i, c in enumerate(conns):
         if i not in failed:
             c.send(shards[i])
     timer = None
     if before:
-        timer = threading.Thread(target=_call_before, args=(before, shards[0]), daemon=True)
+        ours = shard_phases(phases, clients, 0, start)  # on this process's clock
+        timer = threading.Thread(target=_call_before, args=(before, ours), daemon=True)
         timer.start()
     merged: list[Recording | None] = [None] * len(phases)
     for i, c in enumerate(conns):
@@ -108,7 +242,8 @@ def run_clients(
         try:
             kind, data = c.recv()
         except EOFError:
-            kind, data = "error", f"client process exited (code {procs[i].exitcode})"
+            code = getattr(procs[i], "exitcode", None) if launch != "srun" else None
+            kind, data = "error", f"client process exited (code {code})"
         if kind == "error":
             failed[i] = data
             continue
@@ -125,6 +260,8 @@ def run_clients(
         merged[j] = rec
     for i, msg in failed.items():
         log.warning("client %d failed: %s", i, msg)
+    if report is not None:
+        report["clients.failed"] = float(len(failed))
     return merged  # type: ignore[return-value]
 
 
@@ -136,6 +273,13 @@ def _call_before(before, phases: list[Phase]) -> None:
 
 def _reap(procs) -> None:
     for p in procs:
+        if isinstance(p, subprocess.Popen):  # the srun step of remote shards
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+            continue
         p.join(10)
         if p.is_alive():
             p.kill()

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import Field
 
 from benchflow.servers import ServerProcess, free_port, http_ready
-from drivers.base import ConfigRefused, Driver, DriverError, ServiceSettings
+from drivers.base import ConfigRefused, Driver, DriverError, ServerRecipe, ServiceSettings
 from drivers.calibration.sleep_server import precise_sleep
 
 
@@ -43,6 +43,21 @@ class SleepDriver(Driver):
             raise ConfigRefused("service.mode", "server", "transport=inprocess has no server")
         if settings.transport == "inprocess" and run.clients > 1:
             raise ConfigRefused("clients", run.clients, "transport=inprocess needs clients=1")
+
+    @classmethod
+    def server_recipe(cls, settings, host: str, port: int) -> ServerRecipe:
+        cmd = [
+            sys.executable,
+            "-m",
+            "drivers.calibration.sleep_server",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--service-ms",
+            str(settings.service_ms),
+        ]
+        return ServerRecipe(cmd, port)
 
     def __init__(self, settings: SleepSettings, trial) -> None:
         super().__init__(settings, trial)

@@ -1,0 +1,129 @@
+"""``benchflow plan OVERRIDES…``: the jobs a sweep expands to, their requests, the totals."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.command(
+    help="Show what a sweep would run and request (as with -m): each job's resources and the "
+    "total GPU-hours and CPU-hours against the budget. Nothing is submitted.",
+    context_settings={"ignore_unknown_options": True},
+)
+@click.option("--config-dir", default=None, help="an extra config directory (as -cd)")
+@click.option(
+    "--approve-as",
+    default=None,
+    metavar="NAME",
+    help="record an administrator's approval of this sweep in budget.approvals_dir",
+)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
+def plan(config_dir: str | None, approve_as: str | None, as_json: bool, overrides) -> None:
+    from benchflow.config import EXIT_CONFIG, ConfigError
+    from benchflow.slurm.plan import approval, make_plan, record_approval
+
+    overrides = [o for o in overrides if o not in ("-m", "--multirun")]
+    try:
+        p = make_plan(list(overrides), True, config_dir)
+        path = record_approval(p, approve_as, list(overrides)) if approve_as else None
+    except ConfigError as exc:
+        click.echo(f"benchflow: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    over = p.over_budget()
+    approved = approval(p)
+    if as_json:
+        import json
+
+        click.echo(
+            json.dumps(
+                {
+                    "fingerprint": p.fingerprint,
+                    "launcher": p.launcher,
+                    "slurm": p.on_slurm,
+                    "trials": p.trials,
+                    "gpu_hours": p.gpu_hours,
+                    "cpu_hours": p.cpu_hours,
+                    "budget": p.budget.model_dump(),
+                    "over_budget": over,
+                    "approved_by": approved and approved["approved_by"],
+                    "jobs": [
+                        {
+                            "num": j.num,
+                            "overrides": list(j.overrides),
+                            "service": j.spec.service.name,
+                            "repetitions": j.spec.cfg.repetitions,
+                            "request": j.request.as_dict(),
+                            "gpu_hours": j.request.gpu_hours,
+                            "cpu_hours": j.request.cpu_hours,
+                        }
+                        for j in p.jobs
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return
+    _table(p)
+    b = p.budget
+    click.echo(
+        f"total: {len(p.jobs)} job(s), {p.trials} trial(s), {p.gpu_hours:.4g} GPU-hours "
+        f"(budget {b.gpu_hours:g}), {p.cpu_hours:.4g} CPU-hours (budget {b.cpu_hours:g})"
+    )
+    click.echo(f"sweep fingerprint: {p.fingerprint}")
+    if path:
+        click.echo(f"approval recorded by {approve_as}: {path}")
+    if not p.on_slurm:
+        click.echo("launcher: local (no budget applies; add hydra/launcher=slurm or site=NAME)")
+    elif over and approved:
+        click.echo(f"over budget ({'; '.join(over)}) but approved by {approved['approved_by']}")
+    elif over:
+        click.echo(f"OVER BUDGET: {'; '.join(over)}: submission needs approve=true or an approval")
+    else:
+        click.echo("within budget")
+
+
+def _table(p) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    split = [set(j.overrides) for j in p.jobs]
+    common = set.intersection(*split) if split else set()
+    t = Table(title=f"plan: {len(p.jobs)} job(s)")
+    for col in (
+        "job",
+        "varies",
+        "service",
+        "reps",
+        "nodes",
+        "tasks",
+        "cpus/task",
+        "gpus/node",
+        "mem GB",
+        "time min",
+        "GPU-h",
+        "CPU-h",
+    ):
+        t.add_column(col, overflow="fold")
+    for j in p.jobs:
+        r = j.request
+        t.add_row(
+            str(j.num),
+            " ".join(o for o in j.overrides if o not in common),
+            j.spec.service.name,
+            str(j.spec.cfg.repetitions),
+            str(r.nodes),
+            str(r.ntasks),
+            str(r.cpus_per_task),
+            str(r.gpus_per_node),
+            f"{r.mem_gb:g}",
+            str(r.time_min),
+            f"{r.gpu_hours:.3g}",
+            f"{r.cpu_hours:.3g}",
+        )
+    console = Console()
+    if not console.is_terminal:
+        console.width = 160
+    console.print(t)

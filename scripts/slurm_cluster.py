@@ -1,0 +1,332 @@
+#!/usr/bin/env python3
+"""A real single-node Slurm cluster on localhost, for tests and benchmarks.
+
+    python scripts/slurm_cluster.py start DIR   # prints the environment to use it
+    python scripts/slurm_cluster.py stop DIR    # cancels jobs, stops the daemons by pid
+
+Everything lives in DIR (configs, state, logs, sockets, the MariaDB data) and
+every daemon listens on a free port, so it never touches a system Slurm or
+another cluster started the same way. It runs munged, MariaDB, slurmdbd (so
+``sacct`` works: without accounting, submitit waits forever on a job that died
+without a result), slurmctld and slurmd, as root without systemd
+(shared/RECIPES.md has the measured recipe).
+
+The node advertises more than the host has (``SlurmdParameters=config_overrides``):
+8 CPUs, 16 GB and ``Gres=gpu:2`` as a count without device files, so sweeps can
+request GPUs and several tasks; requests are checked by reading them back
+(``scontrol show job``, ``sacct``), nothing pretends to run on a GPU.
+``DIR/env`` holds ``SLURM_CONF=...``; clients need only that variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CPUS, MEM_MB, GPUS = 8, 16000, 2
+PARTITIONS = ("debug", "gpu")  # debug is the default
+ACCOUNT = "benchtest"
+DAEMONS = ("slurmd", "slurmctld", "slurmdbd", "mariadbd", "munged")  # stop order
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def _wait(what: str, cond, timeout_s: float = 30, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+    raise RuntimeError(f"{what} not ready after {timeout_s:.0f} s\n{tail}")
+
+
+def _chown(path: Path, user: str) -> None:
+    pw = pwd.getpwnam(user)
+    os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
+def _pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def start(d: Path) -> dict[str, str]:
+    """Start the cluster in ``d``; returns the environment clients need."""
+    if os.geteuid() != 0:
+        raise SystemExit("the test cluster runs its daemons as root (no systemd needed)")
+    for exe in ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd", "sacctmgr"):
+        if shutil.which(exe) is None:
+            raise SystemExit(f"{exe} not found: apt-get install {' '.join(_packages())}")
+    d = d.resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o755)
+    host = socket.gethostname().split(".")[0]
+    ports = {k: free_port() for k in ("ctld", "slurmd", "dbd", "mysql")}
+    cluster = f"bf{ports['ctld']}"
+
+    # munge: its own key and socket; it refuses keys or dirs others can write
+    m = d / "munge"
+    m.mkdir(exist_ok=True)
+    os.chmod(m, 0o755)  # clients must reach the socket; the key itself is 0400
+    key = m / "munge.key"
+    if not key.exists():
+        key.write_bytes(os.urandom(1024))
+    os.chmod(key, 0o400)
+    for p in (m, key):
+        _chown(p, "munge")
+    sock = m / "munge.socket"
+    _run(
+        [
+            "runuser",
+            "-u",
+            "munge",
+            "--",
+            "munged",
+            f"--socket={sock}",
+            f"--key-file={key}",
+            f"--pid-file={m / 'munged.pid'}",
+            f"--log-file={m / 'munged.log'}",
+            f"--seed-file={m / 'munged.seed'}",
+        ]
+    )
+    _wait("munged", sock.exists, 10, m / "munged.log")
+    (d / "munged.pid").write_text((m / "munged.pid").read_text())
+
+    # MariaDB: a throwaway data dir on a free TCP port
+    db = d / "mysql"
+    if not (db / "mysql").exists():
+        db.mkdir(exist_ok=True)
+        _chown(db, "mysql")
+        _run(
+            [
+                "mariadb-install-db",
+                "--no-defaults",
+                f"--datadir={db}",
+                "--user=mysql",
+                "--auth-root-authentication-method=socket",
+                "--skip-test-db",
+            ]
+        )
+    run = d / "mysqlrun"  # mariadbd runs as mysql and writes its pid, log, socket here
+    run.mkdir(exist_ok=True)
+    _chown(run, "mysql")
+    msock = run / "mysql.sock"
+    subprocess.Popen(
+        [
+            "mariadbd",
+            "--no-defaults",
+            f"--datadir={db}",
+            "--user=mysql",
+            f"--socket={msock}",
+            f"--port={ports['mysql']}",
+            "--bind-address=127.0.0.1",
+            f"--pid-file={run / 'mariadbd.pid'}",
+            f"--log-error={run / 'mariadbd.log'}",
+            "--skip-name-resolve",
+            "--innodb-buffer-pool-size=64M",
+            "--innodb-flush-log-at-trx-commit=2",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    _wait("mariadbd", lambda: msock.exists(), 60, run / "mariadbd.log")
+    password = os.urandom(12).hex()
+    _run(
+        [
+            "mariadb",
+            f"--socket={msock}",
+            "-e",
+            f"CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '{password}';"
+            f"ALTER USER 'slurm'@'127.0.0.1' IDENTIFIED BY '{password}';"
+            "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';",
+        ]
+    )
+
+    auth = f"AuthType=auth/munge\nAuthInfo=socket={sock}\n"
+    dbd_conf = d / "slurmdbd.conf"
+    dbd_conf.write_text(
+        auth + f"DbdHost=localhost\nDbdAddr=127.0.0.1\nDbdPort={ports['dbd']}\nSlurmUser=root\n"
+        f"PidFile={d / 'slurmdbd.pid'}\nLogFile={d / 'slurmdbd.log'}\n"
+        "StorageType=accounting_storage/mysql\nStorageHost=127.0.0.1\n"
+        f"StoragePort={ports['mysql']}\nStorageUser=slurm\nStoragePass={password}\n"
+        "StorageLoc=slurm_acct_db\n"
+    )
+    os.chmod(dbd_conf, 0o600)  # slurmdbd refuses a config others can read
+    conf = d / "slurm.conf"
+    (d / "state").mkdir(exist_ok=True)
+    (d / "spool").mkdir(exist_ok=True)
+    parts = "\n".join(
+        f"PartitionName={p} Nodes=ALL Default={'YES' if i == 0 else 'NO'} MaxTime=INFINITE "
+        "State=UP OverSubscribe=NO"
+        for i, p in enumerate(PARTITIONS)
+    )
+    conf.write_text(
+        f"ClusterName={cluster}\nSlurmctldHost={host}(127.0.0.1)\n"
+        f"SlurmctldPort={ports['ctld']}\nSlurmdPort={ports['slurmd']}\n"
+        + auth
+        + "SlurmUser=root\nSlurmdUser=root\n"
+        f"StateSaveLocation={d / 'state'}\nSlurmdSpoolDir={d / 'spool'}\n"
+        f"SlurmctldPidFile={d / 'slurmctld.pid'}\nSlurmdPidFile={d / 'slurmd.pid'}\n"
+        f"SlurmctldLogFile={d / 'slurmctld.log'}\nSlurmdLogFile={d / 'slurmd.log'}\n"
+        "ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\n"
+        "SelectType=select/cons_tres\nSelectTypeParameters=CR_Core_Memory\n"
+        f"DefMemPerCPU={MEM_MB // CPUS}\n"
+        "SchedulerParameters=batch_sched_delay=0,sched_min_interval=0\n"
+        "MailProg=/bin/true\nReturnToService=2\nJobRequeue=1\n"
+        "KillWait=3\nMinJobAge=300\nInactiveLimit=0\nWaittime=0\nMessageTimeout=20\n"
+        "AccountingStorageType=accounting_storage/slurmdbd\n"
+        f"AccountingStorageHost=localhost\nAccountingStoragePort={ports['dbd']}\n"
+        # the munge socket for talking to slurmdbd (else the default /run/munge one)
+        f"AccountingStoragePass={sock}\n"
+        "JobAcctGatherType=jobacct_gather/linux\nJobAcctGatherFrequency=5\n"
+        "JobAcctGatherParams=OverMemoryKill\nJobCompType=jobcomp/none\n"
+        "AccountingStorageTRES=gres/gpu\n"
+        # GPUs as a bare count: no device files exist here, config_overrides makes
+        # slurmd accept 8 CPUs / 16 GB / 2 GPUs on a 2-core host without draining.
+        "GresTypes=gpu\nSlurmdParameters=config_overrides\n"
+        f"NodeName={host} NodeAddr=127.0.0.1 CPUs={CPUS} RealMemory={MEM_MB} "
+        f"Gres=gpu:{GPUS} State=UNKNOWN\n" + parts + "\n"
+    )
+    # slurmd drops file-less GPUs ("Removing file-less GPU") and refuses regular
+    # files ("not a valid character or block device"): fake devices with /dev/null's
+    # numbers make a GPU count Slurm schedules (CUDA_VISIBLE_DEVICES is set), no more.
+    dev = d / "dev"
+    dev.mkdir(exist_ok=True)
+    for i in range(GPUS):
+        if not (dev / f"nvidia{i}").exists():
+            os.mknod(dev / f"nvidia{i}", 0o644 | stat.S_IFCHR, os.makedev(1, 3))
+    (d / "gres.conf").write_text(
+        f"AutoDetect=off\nNodeName={host} Name=gpu File={dev}/nvidia[0-{GPUS - 1}]\n"
+    )
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+
+    subprocess.Popen(
+        ["slurmdbd"],
+        env={**env, "SLURM_CONF": str(conf)},
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    ).wait()  # forks itself
+    # slurmdbd reads slurmdbd.conf from the directory of SLURM_CONF
+    _wait("slurmdbd", lambda: _port_open(ports["dbd"]), 60, d / "slurmdbd.log")
+    _run(["sacctmgr", "-i", "add", "cluster", cluster], env=env)
+    _run(["sacctmgr", "-i", "add", "account", ACCOUNT, f"cluster={cluster}"], env=env)
+    _run(
+        ["sacctmgr", "-i", "add", "user", "root", f"account={ACCOUNT}", f"cluster={cluster}"],
+        env=env,
+    )
+    _run(["slurmctld", "-i"], env=env)
+    _wait("slurmctld", lambda: _port_open(ports["ctld"]), 30, d / "slurmctld.log")
+    _run(["slurmd", "-N", host], env=env)
+    _wait("slurmd idle", lambda: _idle(env), 60, d / "slurmd.log")
+    _run(["srun", "--time=1", "true"], env=env, timeout=60)  # the end-to-end probe
+    out = {
+        "SLURM_CONF": str(conf),
+        "SLURM_CLUSTER": cluster,
+        "SLURM_ACCOUNT_NAME": ACCOUNT,
+        "SLURM_NODE": host,
+    }
+    (d / "env").write_text("".join(f"{k}={v}\n" for k, v in out.items()))
+    return out
+
+
+def _port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        return True
+    return False
+
+
+def _idle(env) -> bool:
+    p = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True)
+    return p.returncode == 0 and "idle" in p.stdout
+
+
+def stop(d: Path) -> None:
+    """Cancel every job, then stop the daemons by the pids in their pid files."""
+    d = d.resolve()
+    conf = d / "slurm.conf"
+    if conf.exists() and _alive(_pid(d / "slurmctld.pid")):
+        env = {**os.environ, "SLURM_CONF": str(conf)}
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            subprocess.run(
+                ["scancel", "--full", "--user=root"], env=env, timeout=15, capture_output=True
+            )
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                q = subprocess.run(
+                    ["squeue", "-h"], env=env, capture_output=True, text=True, timeout=10
+                )
+                if not q.stdout.strip():
+                    break
+                time.sleep(0.3)
+    for name in DAEMONS:
+        pid = _pid(d / f"{name}.pid") or _pid(d / "mysqlrun" / f"{name}.pid")
+        if not _alive(pid):
+            continue
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _packages() -> list[str]:
+    return ["slurm-wlm", "slurmdbd", "munge", "mariadb-server"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("action", choices=["start", "stop"])
+    ap.add_argument("dir", type=Path)
+    args = ap.parse_args()
+    if args.action == "start":
+        t0 = time.monotonic()
+        try:
+            env = start(args.dir)
+        except BaseException:
+            if not os.environ.get("SLURM_CLUSTER_KEEP"):
+                stop(args.dir)
+            raise
+        print(json.dumps({**env, "seconds": round(time.monotonic() - t0, 2)}))
+    else:
+        stop(args.dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
