@@ -294,8 +294,10 @@ def test_launched_server_is_monitored_and_torn_down(workdir):
     (tdir,) = workdir.trial_dirs()
     m = workdir.metrics(tdir)
     assert m["resource"]["scope"] == "sut_process" and m["resource"]["ram_mb"] > 1
-    assert (tdir / "logs" / "sleep_server.out").exists()
-    ps = subprocess.run(["pgrep", "-f", "drivers.calibration.sleep_server"], capture_output=True)
+    banner = (tdir / "logs" / "sleep_server.out").read_text()
+    port = banner.split("http://127.0.0.1:")[1].split()[0]
+    # Only this trial's server (other sleep servers may run on a shared machine).
+    ps = subprocess.run(["pgrep", "-f", f"sleep_server .*--port {port} "], capture_output=True)
     assert ps.returncode == 1, "the sleep server must be gone"
 
 

@@ -76,15 +76,7 @@ class SleepDriver(Driver):
                 raise DriverError(f"no sleep server answers at {s.endpoint}", "connection_refused")
             return
         self.port = free_port()
-        cmd = [
-            sys.executable,
-            "-m",
-            "drivers.calibration.sleep_server",
-            "--port",
-            str(self.port),
-            "--service-ms",
-            str(s.service_ms),
-        ]
+        cmd = self.server_recipe(s, self.host, self.port).cmd
         self.server = ServerProcess("sleep_server", cmd, self.trial.logs_dir)
         self.server.wait_ready(lambda: http_ready(self.host, self.port), s.ready_timeout_s)
 

@@ -22,7 +22,7 @@ config:
 tags:
   model: sleep-{ms}ms
 """
-TRIAL = ["duration_s=0.5", "warmup_s=0.1", "monitor.interval_s=0.2", "progress=off"]
+TRIAL = ["duration_s=1.5", "warmup_s=0.1", "monitor.interval_s=0.2", "progress=off"]
 
 
 @pytest.fixture(scope="session")
