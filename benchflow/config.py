@@ -18,7 +18,8 @@ from typing import Any, Literal
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from drivers.base import ConfigRefused, Driver, RunSettings, ServiceSettings
+from benchflow.limits import LimitsConfig, check_needs, check_sweep
+from drivers.base import ConfigRefused, Driver, Resources, RunSettings, ServiceSettings
 
 CONFIG_NAME = "config"
 EXIT_CONFIG = 2
@@ -100,6 +101,8 @@ class BenchConfig(_Strict):
     validity: ValidityRules = Field(default_factory=ValidityRules)
     stall_timeout_s: float = Field(60, gt=0)
     progress: Literal["auto", "on", "off"] = "auto"
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    envs_dir: str = Field("~/.cache/benchflow/envs", description="cached isolated venvs")
 
     @model_validator(mode="after")
     def _clients_fit(self) -> BenchConfig:
@@ -159,9 +162,19 @@ def validate(cfg: DictConfig | dict, overrides: tuple[str, ...] = ()) -> TrialSp
     spec = TrialSpec(bench, service, driver_cls, resolved, tuple(overrides))
     try:
         driver_cls.check(service, spec.run_settings)
+        check_needs(service.resources, needs_declared(driver_cls, bench.service), bench.limits)
     except ConfigRefused as exc:
         raise ConfigError(exc.key, exc.value, exc.allowed) from None
     return spec
+
+
+def needs_declared(driver_cls: type[Driver], service: dict[str, Any]) -> bool:
+    """True when the service's config or the driver's Settings state its resources."""
+    if "resources" in service:
+        return True
+    field = driver_cls.Settings.model_fields.get("resources")
+    default = field.get_default(call_default_factory=True) if field else None
+    return default is not None and default != Resources()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -234,13 +247,20 @@ def compose_trials(
             try:
                 cfg = compose(CONFIG_NAME, overrides=[*search, *job])
             except HydraException as exc:
-                raise _from_hydra(exc, job) from None
+                raise _from_hydra(exc, job, search) from None
             specs.append(validate(cfg, tuple(job)))
     GlobalHydra.instance().clear()
+    if specs:
+        caps = [s.cfg.limits for s in specs if s.cfg.limits.sweep.max_trials is not None]
+        try:
+            for cap in caps:
+                check_sweep(sum(s.cfg.repetitions for s in specs), cap)
+        except ConfigRefused as exc:
+            raise ConfigError(exc.key, exc.value, exc.allowed) from None
     return specs
 
 
-def _from_hydra(exc: Exception, job: list[str]) -> ConfigError:
+def _from_hydra(exc: Exception, job: list[str], search: list[str] = ()) -> ConfigError:
     text = str(exc)
     m = re.search(r"Could not find '([^/']+)/([^']+)'", text)
     if m:
@@ -254,15 +274,20 @@ def _from_hydra(exc: Exception, job: list[str]) -> ConfigError:
         key = m.group(1)
         value = next((o.split("=", 1)[1] for o in job if o.split("=", 1)[0] == key), _MISSING)
         parent = key.rsplit(".", 1)[0] if "." in key else ""
-        allowed = _allowed_keys(parent)
+        # The keys of the groups this job chose (service=x), not the defaults'.
+        groups = [o for o in job if "=" in o and "." not in o.split("=", 1)[0]]
+        allowed = _allowed_keys(parent, [*search, *groups])
         return ConfigError(key, value, f"unknown key; allowed keys here: {allowed}")
     return ConfigError("overrides", " ".join(job), _first_line(exc))
 
 
-def _allowed_keys(parent: str) -> str:
+def _allowed_keys(parent: str, overrides: list[str] = ()) -> str:
     from hydra import compose
 
-    base = compose(CONFIG_NAME)
+    try:
+        base = compose(CONFIG_NAME, overrides=list(overrides))
+    except Exception:
+        base = compose(CONFIG_NAME)
     node = OmegaConf.select(base, parent) if parent else base
     if isinstance(node, DictConfig):
         return ", ".join(sorted(str(k) for k in node if k != "hydra"))
@@ -296,6 +321,8 @@ NON_IDENTITY = (
     "monitor",
     "validity",
     "stall_timeout_s",
+    "limits",
+    "envs_dir",
 )
 
 
