@@ -277,7 +277,10 @@ def _from_hydra(exc: Exception, job: list[str], search: list[str] = ()) -> Confi
         # The keys of the groups this job chose (service=x), not the defaults'.
         groups = [o for o in job if "=" in o and "." not in o.split("=", 1)[0]]
         allowed = _allowed_keys(parent, [*search, *groups])
-        return ConfigError(key, value, f"unknown key; allowed keys here: {allowed}")
+        hint = ""
+        if key.startswith("service."):  # a setting the driver has but the yaml does not list
+            hint = f" (or add one the driver accepts with ++{key}=...)"
+        return ConfigError(key, value, f"unknown key; allowed keys here: {allowed}{hint}")
     return ConfigError("overrides", " ".join(job), _first_line(exc))
 
 

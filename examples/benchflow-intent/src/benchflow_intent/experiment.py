@@ -80,21 +80,22 @@ class IntentBenchmark(Driver):
             raise ConfigRefused("service.target", settings.target, "module:factory")
 
     def setup(self) -> None:
-        with self.trial.phase("dataset") as fig:
-            self.items, provenance = self._load_items()
-            fig["items"] = len(self.items)
-        with self.trial.phase("load_target"):
-            self.predict = _load_target(self.settings.target, self.settings.target_args)
-        self.labels = sorted({it.label for it in self.items})
-        self.predictions: list[str | None] = [None] * len(self.items)
-        self.cursor = itertools.count()
-        self.measuring = False
-        self.trial.custom["dataset"] = {**provenance, "items": len(self.items)}
-        self.trial.custom["labels"] = self.labels
+        # Custom metadata is kept even if the trial fails later: record as you go.
         self.trial.custom["target"] = {
             "factory": self.settings.target,
             "args": self.settings.target_args,
         }
+        with self.trial.phase("dataset") as fig:
+            self.items, provenance = self._load_items()
+            fig["items"] = len(self.items)
+        self.labels = sorted({it.label for it in self.items})
+        self.trial.custom["dataset"] = {**provenance, "items": len(self.items)}
+        self.trial.custom["labels"] = self.labels
+        with self.trial.phase("load_target"):
+            self.predict = _load_target(self.settings.target, self.settings.target_args)
+        self.predictions: list[str | None] = [None] * len(self.items)
+        self.cursor = itertools.count()
+        self.measuring = False
 
     def _load_items(self):
         s = self.settings
