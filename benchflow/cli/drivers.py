@@ -27,8 +27,9 @@ def drivers(as_json: bool, schema_of: str | None) -> None:
     infos = []
     for name in discovery.names():
         try:
-            d = discovery.info(name).__dict__
+            d = dict(discovery.info(name).__dict__)
             d["target_fields"] = list(d["target_fields"])
+            d["needs"] = _needs(discovery.load(name))
             infos.append(d)
         except Exception as exc:  # a broken third-party driver must not hide the others
             infos.append(
@@ -42,6 +43,7 @@ def drivers(as_json: bool, schema_of: str | None) -> None:
                     "target": "?",
                     "fixed": False,
                     "target_fields": [],
+                    "needs": None,
                 }
             )
     if as_json:
@@ -63,3 +65,10 @@ def drivers(as_json: bool, schema_of: str | None) -> None:
             i["description"],
         )
     Console().print(table)
+
+
+def _needs(cls) -> dict | None:
+    """The resources the driver's Settings declare by default (its needs)."""
+    field = cls.Settings.model_fields.get("resources")
+    default = field.get_default(call_default_factory=True) if field else None
+    return default.model_dump() if default is not None else None

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+import time
 
 import psutil
 import pytest
@@ -154,3 +157,48 @@ def test_slurm_request_maps_needs_and_limits():
         "--time=32",
         "--gpus-per-node=1",
     ]
+
+
+def test_an_interrupted_trial_resumes_from_its_checkpoint(bench, data_dir):
+    """The per-item checkpoint (state_dir + ItemLog): a trial killed half-way is
+    resumed by the same command; the scores equal an uninterrupted run's."""
+    common = [*CD, "service=intent", "tracking.upload=false", *QUICK]
+    slow = ["service.target=benchflow_intent.targets:slow", "++service.target_args.delay_s=0.05"]
+    cmd = [sys.executable, "-m", "benchflow", *common, *slow, "scenario=lim-resume"]
+    proc = subprocess.Popen(
+        cmd, cwd=bench.path, env=bench.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        state = _wait_for_items(bench, "lim-resume", data_dir, 20, proc)
+    finally:
+        proc.kill()  # SIGKILL, like a node lost: nothing gets to clean up
+        proc.wait()
+    scored = [json.loads(line)["id"] for line in state.read_text().splitlines()]
+    assert 20 <= len(scored) < 104 and len(set(scored)) == len(scored)
+
+    bench.run(*common, *slow, "scenario=lim-resume", check=True)  # the same command again
+    first, second = bench.trials("lim-resume")
+    assert _meta(first)["status"] == "running"  # killed: never reported as finished
+    m, meta = json.loads((second / "metrics.json").read_text()), _meta(second)
+    assert meta["config_hash"] == _meta(first)["config_hash"]
+    assert json.loads((second / "custom.json").read_text())["resumed_items"] == len(scored)
+    assert m["load"]["completed"] == 104 - len(scored)  # no item scored twice
+    assert not state.parent.exists()  # a finished trial leaves no state behind
+
+    bench.run(*common, "scenario=lim-whole", check=True)  # the same model, uninterrupted
+    (whole,) = bench.trials("lim-whole")
+    assert m["quality"] == json.loads((whole / "metrics.json").read_text())["quality"]
+
+
+def _wait_for_items(bench, scenario, data_dir, n, proc, timeout_s=120):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the trial ended before it could be interrupted"
+        trials = bench.trials(scenario)
+        if trials and (trials[0] / "meta.json").exists():
+            state = data_dir / "state" / _meta(trials[0])["config_hash"] / "rep0"
+            log = state / "predictions.jsonl"
+            if log.exists() and len(log.read_text().splitlines()) >= n:
+                return log
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {n} items scored in {timeout_s} s")

@@ -10,6 +10,9 @@ confusion matrix, and ``custom/misclassified.jsonl``).
 
 Each measured request classifies one item; the measured phase is exactly one
 pass over the set (``planned_requests``), so accuracy covers every item once.
+Predictions are checkpointed per item (:class:`benchflow.checkpoint.ItemLog` in
+the trial's ``state_dir``): a trial that was interrupted (killed, over its time
+limit) resumes where it stopped when the same command runs again.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from benchflow.checkpoint import ItemLog
 from benchflow.download import fetch
 from benchflow_intent import dataset
 from drivers.base import ConfigRefused, Driver, DriverError, Resources, ServiceSettings
@@ -93,7 +97,14 @@ class IntentBenchmark(Driver):
         self.trial.custom["labels"] = self.labels
         with self.trial.phase("load_target"):
             self.predict = _load_target(self.settings.target, self.settings.target_args)
-        self.predictions: list[str | None] = [None] * len(self.items)
+        # Resume: items scored by an interrupted trial of this configuration are kept.
+        self.log = ItemLog(self.trial.state_dir / "predictions.jsonl")
+        done = self.log.done()
+        self.predictions: list[str | None] = [
+            done[it.id]["label"] if it.id in done else None for it in self.items
+        ]
+        self.todo = [i for i, it in enumerate(self.items) if it.id not in done]
+        self.trial.custom["resumed_items"] = len(self.items) - len(self.todo)
         self.cursor = itertools.count()
         self.measuring = False
 
@@ -108,7 +119,7 @@ class IntentBenchmark(Driver):
         return dataset.shipped()
 
     def planned_requests(self) -> int:
-        return len(self.items)  # one pass: every item classified once
+        return len(self.todo)  # one pass: every item not yet scored, once
 
     def measure_start(self) -> None:
         self.cursor = itertools.count()  # warm-up predictions are not scored
@@ -118,12 +129,18 @@ class IntentBenchmark(Driver):
         if not self.measuring:
             self.predict(self.items[ctx.seq % len(self.items)].text)
             return 1
-        i = next(self.cursor)  # atomic under the GIL: each item goes to one worker
-        label = self.predict(self.items[i].text)
+        i = self.todo[next(self.cursor)]  # next() is atomic: each item goes to one worker
+        item = self.items[i]
+        label = self.predict(item.text)
         if label not in self.labels:
             raise DriverError(f"the target answered {label!r}", "unknown_label")
         self.predictions[i] = label
+        self.log.record(item.id, {"label": label})
         return 1
+
+    def teardown(self) -> None:
+        if getattr(self, "log", None) is not None:
+            self.log.close()
 
     def quality(self) -> dict[str, float]:
         n = len(self.items)

@@ -31,6 +31,19 @@ def keyword(default: str = "shopping") -> Callable[[str], str]:
     return predict
 
 
+def slow(delay_s: float = 0.1) -> Callable[[str], str]:
+    """The keyword model, ``delay_s`` per answer (a remote model's pace)."""
+    import time
+
+    inner = keyword()
+
+    def predict(text: str) -> str:
+        time.sleep(delay_s)
+        return inner(text)
+
+    return predict
+
+
 def majority(label: str = "weather") -> Callable[[str], str]:
     """Always the same answer: the floor any model must beat."""
     return lambda text: label
