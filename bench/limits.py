@@ -6,6 +6,7 @@ the bench workspace (it sees it on PYTHONPATH only)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -29,7 +30,8 @@ class _Runner:
             subprocess.run(
                 [
                     *(sys.executable, "-m", "pip", "install", "-q", "--no-deps"),
-                    *("--no-build-isolation", "--no-index", "--target", str(site), str(EXAMPLE)),
+                    *(["--no-build-isolation"] if importlib.util.find_spec("hatchling") else []),
+                    *("--target", str(site), str(EXAMPLE)),
                 ],
                 check=True,
                 capture_output=True,
