@@ -20,7 +20,8 @@ from typing import Any, Literal
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from drivers.base import ConfigRefused, Driver, RunSettings, ServiceSettings
+from benchflow.limits import LimitsConfig, check_needs, check_sweep
+from drivers.base import ConfigRefused, Driver, Resources, RunSettings, ServiceSettings
 
 CONFIG_NAME = "config"
 EXIT_CONFIG = 2
@@ -125,6 +126,8 @@ class BenchConfig(_Strict):
     )
     approve: bool = Field(False, description="submit a sweep above the budget anyway")
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    envs_dir: str = Field("~/.cache/benchflow/envs", description="cached isolated venvs")
 
     @model_validator(mode="after")
     def _clients_fit(self) -> BenchConfig:
@@ -209,6 +212,7 @@ def _validate(cfg: DictConfig | dict, overrides: tuple[str, ...], target: Any) -
     spec = TrialSpec(bench, service, driver_cls, resolved, tuple(overrides), target)
     try:
         driver_cls.check(service, spec.run_settings)
+        check_needs(service.resources, needs_declared(driver_cls, bench.service), bench.limits)
     except ConfigRefused as exc:
         raise ConfigError(exc.key, exc.value, exc.allowed) from None
     return spec
@@ -227,6 +231,15 @@ def _server_endpoint(service: dict[str, Any]) -> dict[str, Any]:
             "no ready server with this id (benchflow servers ps)",
         ) from None
     return {**service, "mode": "server", "endpoint": endpoint}
+
+
+def needs_declared(driver_cls: type[Driver], service: dict[str, Any]) -> bool:
+    """True when the service's config or the driver's Settings state its resources."""
+    if "resources" in service:
+        return True
+    field = driver_cls.Settings.model_fields.get("resources")
+    default = field.get_default(call_default_factory=True) if field else None
+    return default is not None and default != Resources()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -339,7 +352,7 @@ class Composer:
             self._loader._apply_overrides_to_config(values, cfg)
             return cfg
         except HydraException as exc:
-            raise _from_hydra(exc, job) from None
+            raise _from_hydra(exc, job, self._search) from None
 
 
 @contextmanager
@@ -372,10 +385,17 @@ def compose_trials(
             spec = validate(composer.compose(job), tuple(job))
             PREVALIDATED[tuple(job)] = spec
             specs.append(spec)
+    if specs:
+        caps = [s.cfg.limits for s in specs if s.cfg.limits.sweep.max_trials is not None]
+        try:
+            for cap in caps:
+                check_sweep(sum(s.cfg.repetitions for s in specs), cap)
+        except ConfigRefused as exc:
+            raise ConfigError(exc.key, exc.value, exc.allowed) from None
     return specs
 
 
-def _from_hydra(exc: Exception, job: list[str]) -> ConfigError:
+def _from_hydra(exc: Exception, job: list[str], search: list[str] = ()) -> ConfigError:
     text = str(exc)
     m = re.search(r"Could not find '([^/']+)/([^']+)'", text)
     if m:
@@ -389,15 +409,23 @@ def _from_hydra(exc: Exception, job: list[str]) -> ConfigError:
         key = m.group(1)
         value = next((o.split("=", 1)[1] for o in job if o.split("=", 1)[0] == key), _MISSING)
         parent = key.rsplit(".", 1)[0] if "." in key else ""
-        allowed = _allowed_keys(parent)
-        return ConfigError(key, value, f"unknown key; allowed keys here: {allowed}")
+        # The keys of the groups this job chose (service=x), not the defaults'.
+        groups = [o for o in job if "=" in o and "." not in o.split("=", 1)[0]]
+        allowed = _allowed_keys(parent, [*search, *groups])
+        hint = ""
+        if key.startswith("service."):  # a setting the driver has but the yaml does not list
+            hint = f" (or add one the driver accepts with ++{key}=...)"
+        return ConfigError(key, value, f"unknown key; allowed keys here: {allowed}{hint}")
     return ConfigError("overrides", " ".join(job), _first_line(exc))
 
 
-def _allowed_keys(parent: str) -> str:
+def _allowed_keys(parent: str, overrides: list[str] = ()) -> str:
     from hydra import compose
 
-    base = compose(CONFIG_NAME)
+    try:
+        base = compose(CONFIG_NAME, overrides=list(overrides))
+    except Exception:
+        base = compose(CONFIG_NAME)
     node = OmegaConf.select(base, parent) if parent else base
     if isinstance(node, DictConfig):
         return ", ".join(sorted(str(k) for k in node if k != "hydra"))
@@ -438,6 +466,8 @@ NON_IDENTITY = (
     "client_launch",
     "approve",
     "budget",
+    "limits",
+    "envs_dir",
 )
 
 

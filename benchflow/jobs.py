@@ -135,6 +135,7 @@ def _sweep_info(hc) -> SweepInfo:
         parent_run_id=manifest.get("parent_run_id"),
         tracking_uri=manifest.get("tracking_uri"),
         job_num=int(hc.job.num),
+        started_at=manifest.get("started_at"),
     )
 
 
@@ -146,8 +147,16 @@ def _report(spec, outcomes: list[TrialOutcome]) -> None:
                 f"{spec.service.name}: {o.throughput:.6g} {o.throughput_unit}, p99 {p99}"
                 f"{'' if o.valid else '  (INVALID: see metrics.json validity)'}"
             )
+        elif o.error_kind == "unexpected":
+            print(
+                f"{spec.service.name}: FAILED, unexpected {o.error_class}: {o.error_message}\n"
+                f"  traceback: {o.trial_dir}/logs/traceback.txt"
+            )
         else:
-            print(f"{spec.service.name}: FAILED ({o.error_class}); see {o.trial_dir}/logs/")
+            print(
+                f"{spec.service.name}: FAILED [{o.error_class}] {o.error_message}; "
+                f"see {o.trial_dir}/logs/"
+            )
         print(f"  results: {o.trial_dir}")
     if not spec.cfg.tracking.upload:
         return

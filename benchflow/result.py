@@ -13,6 +13,7 @@ Files of a trial directory:
 - ``histograms.json``   the latency histograms (mergeable; used to resample requests).
 - ``logs/``             the trial's logs and any server's stdout/stderr.
 - ``upload.json``       written by tracking once the trial is in MLflow.
+- ``custom.json``, ``custom/``  the driver's own metadata and files (drivers.base.TrialContext).
 """
 
 from __future__ import annotations

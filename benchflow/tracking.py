@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from benchflow import lineage
 from benchflow.config import flatten, workload_hash
 from benchflow.result import read_csv, read_json, write_json
 from benchflow.secrets import is_secret_key, mask, secret_values
+from drivers.base import CUSTOM_FILE
 
 log = logging.getLogger("benchflow.tracking")
 
@@ -274,6 +276,7 @@ def _trial_tags(meta: dict, result: dict | None, status: str) -> dict[str, str]:
             "benchflow.scenario": meta["scenario"],
             "benchflow.service": meta["service"],
             "benchflow.driver": meta["driver"],
+            "benchflow.driver_package": meta.get("driver_package", ""),
             "benchflow.seed": str(meta["seed"]),
             "benchflow.config_hash": meta["config_hash"],
             "benchflow.repetition": str(meta["repetition"]),
@@ -298,18 +301,35 @@ def _trial_tags(meta: dict, result: dict | None, status: str) -> dict[str, str]:
             tags["benchflow.invalid_reasons"] = "; ".join(result["validity"]["reasons"])[:5000]
     else:
         tags["benchflow.valid"] = "false"
+    if meta.get("deprecated"):
+        tags["benchflow.deprecated"] = "true"
+    if meta.get("warnings"):
+        tags["benchflow.warnings"] = "; ".join(meta["warnings"])[:5000]
+    iso = meta.get("isolation")
+    if iso:
+        tags["benchflow.isolation"] = iso["mode"]
+        if iso.get("key"):
+            tags["benchflow.env_key"] = iso["key"]
     err = meta.get("error")
     if err:
         tags["benchflow.error_class"] = err["class"]
         tags["benchflow.error"] = err["message"][:5000]
+        tags["benchflow.error_kind"] = err.get("kind", "unexpected")
+        if meta.get("limit"):
+            tags["benchflow.limit_exceeded"] = str(meta["limit"].get("resource"))
     elif status == "incomplete":
         tags["benchflow.error_class"] = "incomplete"
         tags["benchflow.error"] = "the trial process ended without finishing (killed?)"
     return tags
 
 
+MAX_CUSTOM_PARAMS = 100  # the rest of a large custom block is in the custom.json artifact
+_PARAM_KEY = re.compile(r"[^\w\-. /]")
+
+
 def _params(trial_dir: Path, meta: dict) -> dict[str, str]:
-    """The flattened effective config, secret keys removed, secret values masked."""
+    """The flattened effective config, secret keys removed, secret values masked;
+    plus the driver's custom metadata as ``custom.*``."""
     import yaml
 
     cfg = yaml.safe_load((trial_dir / "effective_config.yaml").read_text()) or {}
@@ -319,6 +339,13 @@ def _params(trial_dir: Path, meta: dict) -> dict[str, str]:
         if is_secret_key(k):
             continue
         out[k] = mask(str(v), known)[:MAX_PARAM_LEN]
+    custom = trial_dir / CUSTOM_FILE
+    if custom.exists():
+        flat = flatten(read_json(custom), "custom")
+        for k, v in list(flat.items())[:MAX_CUSTOM_PARAMS]:
+            if is_secret_key(k):
+                continue
+            out[_PARAM_KEY.sub("_", k)[:250]] = mask(str(v), known)[:MAX_PARAM_LEN]
     return out
 
 

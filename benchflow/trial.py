@@ -7,17 +7,22 @@
 5. teardown runs whatever happened; ``meta.json`` gets the final status;
 6. the trial directory is uploaded to MLflow; if that fails the files stay and
    ``benchflow sync`` uploads them later.
+
+Steps 2–4 run in this process, or — when hard limits apply or the driver asks
+for isolation — in a watched worker process (:mod:`benchflow.supervisor`).
+A failure is *handled* (a ``DriverError`` code and its message) or
+*unexpected* (its traceback is shown and kept): :mod:`benchflow.errors`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import sys
 import threading
 import time
-import traceback
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,12 +32,14 @@ import psutil
 
 from benchflow import lineage, tracking
 from benchflow import result as results
-from benchflow.config import TrialSpec, config_hash
+from benchflow.config import TrialSpec, config_hash, needs_declared
+from benchflow.errors import LimitExceeded, describe
+from benchflow.limits import enforced, host_shortfalls
 from benchflow.load.engine import Engine, Phase
 from benchflow.logs import trial_logging
 from benchflow.monitor import Monitor
 from benchflow.secrets import mask, mask_override, redact_tree
-from drivers.base import TrialContext
+from drivers.base import DriverError, TrialContext, state_dir_for
 
 log = logging.getLogger("benchflow.trial")
 
@@ -46,6 +53,7 @@ class SweepInfo:
     parent_run_id: str | None
     tracking_uri: str | None
     job_num: int
+    started_at: float | None = None  # epoch seconds: the sweep's time budget counts from it
 
 
 @dataclass
@@ -55,6 +63,8 @@ class TrialOutcome:
     status: str  # finished | failed
     valid: bool
     error_class: str | None = None
+    error_kind: str | None = None  # handled | unexpected
+    error_message: str | None = None
     run_id: str | None = None
     throughput: float | None = None
     throughput_unit: str | None = None
@@ -74,8 +84,9 @@ def trial_config_hash(spec: TrialSpec) -> str:
 
 def _new_trial(
     spec: TrialSpec, repetition: int, sweep: SweepInfo | None, attempt: int
-) -> tuple[str, Path, dict]:
-    """A fresh trial id and directory, and its initial meta.json (status running)."""
+) -> tuple[str, Path, dict, object]:
+    """A fresh trial id and directory, its initial meta.json (status running), and the
+    driver's installed info."""
     cfg = spec.cfg
     trial_id = uuid.uuid4().hex
     trial_dir = Path(cfg.results_dir) / cfg.scenario / trial_id
@@ -98,6 +109,7 @@ def _new_trial(
         "service": spec.service.name,
         "driver": spec.service.driver,
         "driver_package": f"{driver_info.package}=={driver_info.version}",
+        "driver_version": driver_info.version,
         "config_hash": config_hash(spec, driver_info.version),
         "repetition": repetition,
         "repetitions": cfg.repetitions,
@@ -113,13 +125,13 @@ def _new_trial(
         "started_at_epoch": started,
         "process": {"host": socket.gethostname(), "pid": me.pid, "create_time": me.create_time()},
         "lineage": lineage.collect(spec.driver_cls.client_library),
+        "resources": spec.service.resources.model_dump(),
+        "warnings": [],
         "timings_s": {},
     }
     results.write_yaml(trial_dir / "effective_config.yaml", redact_tree(spec.resolved))
     results.write_json(trial_dir / "meta.json", meta)
-    if driver_info.deprecated:
-        log.warning("driver %s is deprecated", driver_info.name)
-    return trial_id, trial_dir, meta
+    return trial_id, trial_dir, meta, driver_info
 
 
 def run_trial(
@@ -127,28 +139,53 @@ def run_trial(
 ) -> TrialOutcome:
     """Run one trial; ``attempt`` counts retries of the same repetition (0: the first)."""
     cfg = spec.cfg
-    trial_id, trial_dir, meta = _new_trial(spec, repetition, sweep, attempt)
+    trial_id, trial_dir, meta, driver_info = _new_trial(spec, repetition, sweep, attempt)
 
     outcome = TrialOutcome(trial_id, trial_dir, "failed", False)
     with trial_logging(trial_dir / "logs", trial_id, spec.resolved):
         log.info(
             "trial %s: %s (repetition %d) -> %s", trial_id, spec.service.name, repetition, trial_dir
         )
+        _warn(meta, spec, driver_info)
+        results.write_json(trial_dir / "meta.json", meta)
         try:
-            res = _measure(spec, trial_id, trial_dir, meta)
+            budget_from = sweep.started_at if sweep and sweep.started_at else _PROCESS_START
+            limits = enforced(cfg.limits, budget_from, time.time())
+            if limits.active or spec.service.isolation.mode != "none":
+                from benchflow import supervisor
+
+                res = supervisor.run(spec, trial_dir, meta, limits)
+            else:
+                res = _measure(spec, trial_id, trial_dir, meta)
             meta["status"] = "finished"
             outcome.status, outcome.valid = "finished", res.validity.valid
             outcome.throughput, outcome.throughput_unit = res.throughput.value, res.throughput.unit
             outcome.p99_ms = res.latency_ms.p99
             if not res.validity.valid:
                 log.warning("trial marked invalid: %s", "; ".join(res.validity.reasons))
+            # A finished trial leaves no state to resume from.
+            shutil.rmtree(
+                state_dir_for(Path(cfg.data_dir).expanduser(), meta["config_hash"], repetition),
+                ignore_errors=True,
+            )
         except BaseException as exc:
-            err_class = getattr(exc, "error_class", None) or type(exc).__name__
+            failure = describe(exc)
             meta["status"] = "failed"
-            meta["error"] = {"class": err_class, "message": str(exc)[:4000] or err_class}
-            (trial_dir / "logs" / "traceback.txt").write_text(traceback.format_exc())
-            outcome.error_class = err_class
-            log.error("trial failed (%s): %s", err_class, exc)
+            meta["error"] = failure.record()
+            if isinstance(exc, LimitExceeded):
+                meta["limit"] = exc.details
+            (trial_dir / "logs" / "traceback.txt").write_text(failure.traceback)
+            outcome.error_class, outcome.error_kind = failure.error_class, failure.kind
+            outcome.error_message = failure.message
+            if failure.kind == "handled":
+                log.error("trial failed [%s]: %s", failure.error_class, failure.message)
+            else:
+                log.error(
+                    "trial failed with an unexpected %s: %s\n%s",
+                    failure.error_class,
+                    failure.message,
+                    failure.traceback.rstrip(),
+                )
             if not isinstance(exc, Exception):  # Ctrl-C, SystemExit: record, then stop
                 _finish_meta(trial_dir, meta)
                 raise
@@ -167,7 +204,7 @@ def record_unrun_trial(
     attempt: int = 0,
 ) -> TrialOutcome:
     """Record a trial that never ran (e.g. its Slurm job died first) as a failed trial."""
-    trial_id, trial_dir, meta = _new_trial(spec, repetition, sweep, attempt)
+    trial_id, trial_dir, meta, _ = _new_trial(spec, repetition, sweep, attempt)
     meta["process"] = None  # nothing ran here
     meta["lineage"]["slurm"] = {}  # this process is the submitter, not the job
     meta["status"] = "failed"
@@ -177,6 +214,23 @@ def record_unrun_trial(
     if spec.cfg.tracking.upload:
         outcome.run_id = _upload(trial_dir, spec.cfg)
     return outcome
+
+
+_PROCESS_START = psutil.Process().create_time()  # a run without -m: its budget starts here
+
+
+def _warn(meta: dict, spec: TrialSpec, driver_info) -> None:
+    """Warnings shown on the console and recorded with the trial (meta + MLflow tags)."""
+    if driver_info.deprecated:
+        why = driver_info.deprecated if isinstance(driver_info.deprecated, str) else ""
+        msg = f"{driver_info.name} ({driver_info.package} {driver_info.version}) is deprecated"
+        meta["deprecated"] = True
+        meta["warnings"].append(f"{msg}: {why}" if why else msg)
+    if needs_declared(spec.driver_cls, spec.cfg.service):
+        for short in host_shortfalls(spec.service.resources):
+            meta["warnings"].append(f"{spec.service.name} {short}")
+    for w in meta["warnings"]:
+        log.warning("%s", w)
 
 
 def _finish_meta(trial_dir: Path, meta: dict) -> None:
@@ -213,12 +267,26 @@ def _run_name(spec: TrialSpec, repetition: int) -> str:
     return name[:240]
 
 
+def measure(spec: TrialSpec, trial_dir: Path, meta: dict):
+    """Steps 2–4 of a trial (SUT up, load, result files); in process or in a worker."""
+    return _measure(spec, meta["trial_id"], trial_dir, meta)
+
+
 def _measure(spec: TrialSpec, trial_id: str, trial_dir: Path, meta: dict):
     cfg = spec.cfg
     timings = meta["timings_s"]
-    ctx = TrialContext(trial_id, spec.run_settings, trial_dir, Path(cfg.data_dir).expanduser())
+    ctx = TrialContext(
+        trial_id,
+        spec.run_settings,
+        trial_dir,
+        Path(cfg.data_dir).expanduser(),
+        config_hash=meta["config_hash"],
+        repetition=meta["repetition"],
+        target=meta.get("target"),
+    )
     driver = spec.driver_cls(spec.service, ctx)
     monitor = None
+    ok = False
     t = time.perf_counter()
     try:
         driver.setup()
@@ -230,7 +298,7 @@ def _measure(spec: TrialSpec, trial_id: str, trial_dir: Path, meta: dict):
             harness_pids=lambda: [os.getpid()],
             gpu=cfg.monitor.gpu,
         ).start()
-        phases = _phases(cfg)
+        phases = _phases(cfg, driver.planned_requests())
         measure_idx = len(phases) - 1
 
         def before(i: int) -> None:
@@ -255,8 +323,9 @@ def _measure(spec: TrialSpec, trial_id: str, trial_dir: Path, meta: dict):
         ctx.extra.update(driver.measure_end())
         samples = monitor.stop()
         t = time.perf_counter()
-        quality = driver.quality()
+        quality = spec.driver_cls.check_outputs(driver.quality())
         timings["quality"] = time.perf_counter() - t
+        ok = True
     finally:
         t = time.perf_counter()
         if monitor is not None:
@@ -266,6 +335,12 @@ def _measure(spec: TrialSpec, trial_id: str, trial_dir: Path, meta: dict):
         except Exception as exc:
             log.error("teardown failed: %s", exc)
         timings["teardown"] = time.perf_counter() - t
+        try:  # the driver's own metadata is kept whether the trial finished or failed
+            ctx.write_custom()
+        except DriverError as exc:
+            if ok:
+                raise
+            log.error("%s", exc)
     t = time.perf_counter()
     window = (rec.wall_start_s, rec.wall_start_s + rec.elapsed_s())
     meta["window_start_epoch"] = rec.wall_start_s
@@ -289,13 +364,16 @@ def _measure(spec: TrialSpec, trial_id: str, trial_dir: Path, meta: dict):
     return res
 
 
-def _phases(cfg) -> list[Phase]:
+def _phases(cfg, planned: int | None = None) -> list[Phase]:
     common = dict(concurrency=cfg.concurrency, rate=cfg.rate, arrival=cfg.arrival, seed=cfg.seed)
     phases = []
     if cfg.warmup_s > 0:
         phases.append(Phase("warmup", duration_s=cfg.warmup_s, stream=1, **common))
+    requests = cfg.requests
+    if planned is not None:  # the driver's own item count (one pass over its set)
+        requests = planned if requests is None else min(requests, planned)
     phases.append(
-        Phase("measure", duration_s=cfg.duration_s, requests=cfg.requests, stream=2, **common)
+        Phase("measure", duration_s=cfg.duration_s, requests=requests, stream=2, **common)
     )
     return phases
 

@@ -12,10 +12,20 @@ A driver is the client that loads one kind of SUT. The harness calls, in order:
 
 Settings are a pydantic model (unknown keys refused), so a bad service config
 fails before anything starts, naming the key and what is allowed.
+
+A *benchmark experiment* from another team is a driver too, in its own package
+(docs/benchmarks.md): its ``Settings`` are its inputs (``target_fields`` name
+the benchmark target among them), its outputs are the common result plus the
+``Outputs`` it declares for ``quality()`` and the custom metadata it attaches
+through :class:`TrialContext`; it states its needs (``Settings.resources``) and
+may ask to run isolated (``Settings.isolation``). Known failures are raised as
+:class:`DriverError` with a code; anything else is an unexpected failure.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -24,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class Resources(BaseModel):
@@ -38,6 +48,32 @@ class Resources(BaseModel):
     nodes: int = Field(1, ge=1, description="nodes (clients spread over them: clients >= nodes)")
 
 
+class Isolation(BaseModel):
+    """Where the trial's code runs: this environment, a cached venv, or a container.
+
+    ``venv``: a virtual environment created once per distinct set of
+    requirements (keyed by their hash, under ``envs_dir``) holding benchflow and
+    the driver's own package, as installed here, plus ``requirements``.
+    ``container``: the trial runs as ``apptainer exec IMAGE python -m
+    benchflow.worker`` (the image must hold benchflow and the driver's package).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["none", "venv", "container"] = "none"
+    requirements: list[str] = Field(
+        default_factory=list, description="pip requirements added to the venv (pins that clash)"
+    )
+    pip_args: list[str] = Field(
+        default_factory=list, description="extra pip options, e.g. [--index-url, URL]"
+    )
+    system_site_packages: bool = Field(
+        False, description="venv: see the base interpreter's packages (faster, less isolated)"
+    )
+    image: str | None = Field(None, description="container: a .sif path or docker://REF@sha256:...")
+    runtime: str = Field("apptainer", description="container: the runtime's executable")
+    binds: list[str] = Field(default_factory=list, description="container: extra SRC[:DST] binds")
+
+
 class ServiceSettings(BaseModel):
     """Keys every ``conf/service/*.yaml`` has; drivers subclass it with their own."""
 
@@ -49,6 +85,7 @@ class ServiceSettings(BaseModel):
     # A SUT started as a Slurm job by `benchflow servers start`: its id stands for
     # mode=server and its endpoint (resolved before the driver sees the settings).
     server: str | None = None
+    isolation: Isolation = Field(default_factory=Isolation)
 
 
 @dataclass(frozen=True)
@@ -62,9 +99,19 @@ class RunSettings:
     rate: float | None
 
 
+CUSTOM_FILE = "custom.json"  # the driver's own metadata, next to metrics.json
+CUSTOM_DIR = "custom"  # files the driver attached
+
+
 @dataclass
 class TrialContext:
-    """Where a driver may put things and how it reports phases."""
+    """Where a driver may put things and how it reports phases.
+
+    ``custom`` and :meth:`attach` are the driver's own metadata: a JSON-able
+    dict and files, kept with the trial (``custom.json``, ``custom/``) and
+    logged to MLflow (params ``custom.*``, artifacts) next to the common result,
+    whether the trial finishes or fails.
+    """
 
     trial_id: str
     run: RunSettings
@@ -73,10 +120,52 @@ class TrialContext:
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
     extra: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    custom: dict[str, Any] = field(default_factory=dict)
+    config_hash: str = ""  # identity of what is measured (equal for repetitions)
+    repetition: int = 0
+    target: str | None = None  # the ``target`` key as given (NAME@ALIAS, NAME/VERSION)
 
     @property
     def logs_dir(self) -> Path:
         return self.trial_dir / "logs"
+
+    @property
+    def state_dir(self) -> Path:
+        """Resumable state of this configuration and repetition (e.g. per-item checkpoints).
+
+        It outlives a failed or killed trial, so rerunning the same command can
+        resume; it is removed when a trial of this configuration finishes.
+        """
+        path = state_dir_for(self.data_dir, self.config_hash, self.repetition)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def attach(self, src: str | Path, name: str | None = None) -> Path:
+        """Copy a file into the trial's ``custom/`` folder (logged as an artifact)."""
+        src = Path(src)
+        dest = self.trial_dir / CUSTOM_DIR / (name or src.name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+        return dest
+
+    def attach_text(self, name: str, text: str) -> Path:
+        """Write ``text`` as ``custom/<name>`` (logged as an artifact)."""
+        dest = self.trial_dir / CUSTOM_DIR / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(text)
+        return dest
+
+    def write_custom(self) -> None:
+        """Write ``custom.json`` (called by the harness, also after a failure)."""
+        if not self.custom:
+            return
+        try:
+            text = json.dumps(self.custom, indent=2, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise DriverError(
+                f"custom metadata is not JSON-serialisable: {exc}", "bad_custom_metadata"
+            ) from None
+        (self.trial_dir / CUSTOM_FILE).write_text(text)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[dict[str, float]]:
@@ -99,12 +188,31 @@ class ServerRecipe:
     scheme: str = "http"  # endpoint = scheme://host:port
 
 
+def state_dir_for(data_dir: Path, config_hash: str, repetition: int) -> Path:
+    return Path(data_dir) / "state" / (config_hash or "unhashed") / f"rep{repetition}"
+
+
 class DriverError(Exception):
-    """A known, handled failure; ``error_class`` is recorded with the trial."""
+    """A known, handled failure: the one exception type for errors a driver or
+    benchmark experiment expects (bad data, a target that cannot load, ...).
+
+    The trial is recorded as failed with ``error_class`` = ``code`` (a short
+    snake_case word users can filter on) and the message shown to whoever ran
+    it; any other exception is recorded as an unexpected failure with its
+    traceback. Raised from ``operation()``, it counts one failed request.
+    """
 
     def __init__(self, message: str, error_class: str = "driver_error") -> None:
         super().__init__(message)
         self.error_class = error_class
+
+    @property
+    def code(self) -> str:
+        return self.error_class
+
+    @property
+    def message(self) -> str:
+        return str(self)
 
 
 class ConfigRefused(ValueError):
@@ -117,10 +225,19 @@ class ConfigRefused(ValueError):
 
 class Driver(ABC):
     name: ClassVar[str]
-    family: ClassVar[str]  # storage | inference | vectordb | calibration
+    family: ClassVar[str]  # storage | inference | vectordb | calibration | quality | ...
     description: ClassVar[str]
-    deprecated: ClassVar[bool] = False
+    # True, or a string saying why and what to use instead: running it warns (and is recorded).
+    deprecated: ClassVar[bool | str] = False
     Settings: ClassVar[type[ServiceSettings]] = ServiceSettings
+    # The Settings fields that name the benchmark target (what varies between the runs
+    # being compared: an endpoint and model, a callable, an index spec). Every other
+    # service setting is the workload, held constant by a registered benchmark.
+    target_fields: ClassVar[tuple[str, ...]] = ()
+    # A fixed experiment hard-codes its workload: a benchmark registers it as is.
+    fixed: ClassVar[bool] = False
+    # The figures quality() returns, as a pydantic model (validated after every trial).
+    Outputs: ClassVar[type[BaseModel] | None] = None
     batch_meaning: ClassVar[str] = "not used (must be 1)"
     size_unit: ClassVar[str] = "items"  # what operation() returns: items, bytes, tokens, rows
     # The trial's headline throughput: requests/s, or size units/s (e.g. MB/s).
@@ -180,6 +297,54 @@ class Driver(ABC):
     def quality(self) -> dict[str, float]:
         """Figures of merit measured after the load (recall@k, accuracy, ...)."""
         return {}
+
+    def planned_requests(self) -> int | None:
+        """After setup(): the measured phase's exact number of requests, or None.
+
+        A driver working through a fixed set of items (a quality benchmark: one
+        request per question) returns how many are left, and the measured phase
+        is then one pass over them, whatever ``duration_s`` says (a smaller
+        ``requests`` still caps it).
+        """
+        return None
+
+    @classmethod
+    def check_outputs(cls, quality: dict[str, float]) -> dict[str, float]:
+        """Validate quality() against ``Outputs`` (a driver bug is an unexpected failure)."""
+        if cls.Outputs is None:
+            return quality
+        try:
+            cls.Outputs.model_validate(quality)
+        except ValidationError as exc:
+            raise TypeError(
+                f"{cls.name}.quality() does not match its Outputs: {exc.errors()[0]['msg']} "
+                f"at {'.'.join(map(str, exc.errors()[0]['loc']))}"
+            ) from None
+        return quality
+
+    @classmethod
+    def io_schema(cls) -> dict[str, Any]:
+        """Inputs and outputs in benchflow's schema (``benchflow drivers --schema NAME``)."""
+        from benchflow.result import SCHEMA_VERSION, TrialResult
+
+        return {
+            "name": cls.name,
+            "family": cls.family,
+            "fixed": cls.fixed,
+            "deprecated": cls.deprecated,
+            "inputs": {
+                "target": list(cls.target_fields),
+                "settings": cls.Settings.model_json_schema(),
+                "run": [f.name for f in RunSettings.__dataclass_fields__.values()],
+            },
+            "outputs": {
+                "result": {"schema_version": SCHEMA_VERSION, "model": TrialResult.__name__},
+                "quality": cls.Outputs.model_json_schema() if cls.Outputs else None,
+                "size_unit": cls.size_unit,
+                "throughput_basis": cls.throughput_basis,
+                "custom": f"{CUSTOM_FILE} (free-form JSON object) and files in {CUSTOM_DIR}/",
+            },
+        }
 
     def sut_pids(self) -> list[int]:
         """Processes of the SUT for the monitor (none: the SUT is this process or remote)."""

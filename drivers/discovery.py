@@ -4,13 +4,18 @@ A separate package adds one by declaring, in its own pyproject.toml::
 
     [project.entry-points."benchflow.drivers"]
     mydb = "mypkg.driver:MyDBDriver"
+
+Benchmark experiments from other teams are drivers too and are found the same
+way (one discovery mechanism): the entry point's distribution gives the
+package name and version recorded with every trial and hashed into its
+identity (``config_hash``), whoever ships it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import Distribution, EntryPoint, entry_points
 
 from drivers.base import Driver
 
@@ -22,10 +27,12 @@ class DriverInfo:
     name: str
     family: str
     description: str
-    deprecated: bool
+    deprecated: bool | str
     package: str
     version: str
-    target: str
+    target: str  # the entry point's object reference, module:Class
+    fixed: bool = False
+    target_fields: tuple[str, ...] = ()
 
 
 @cache
@@ -48,6 +55,11 @@ def load(name: str) -> type[Driver]:
     return cls
 
 
+def distribution(name: str) -> Distribution | None:
+    """The installed distribution that registers driver ``name``."""
+    return _entry_points()[name].dist
+
+
 def info(name: str) -> DriverInfo:
     ep = _entry_points()[name]
     cls = load(name)
@@ -57,7 +69,9 @@ def info(name: str) -> DriverInfo:
         family=cls.family,
         description=cls.description,
         deprecated=cls.deprecated,
-        package=dist.name if dist else "?",
+        package=dist.metadata["Name"] if dist else "?",
         version=dist.version if dist else "?",
         target=ep.value,
+        fixed=cls.fixed,
+        target_fields=tuple(cls.target_fields),
     )

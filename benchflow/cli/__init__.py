@@ -14,6 +14,7 @@ import click
 
 # name -> "module:attribute"
 COMMANDS: dict[str, str] = {
+    "benchmarks": "benchflow.cli.benchmarks:benchmarks",
     "drivers": "benchflow.cli.drivers:drivers",
     "sync": "benchflow.cli.sync:sync",
     "targets": "benchflow.cli.targets:targets",

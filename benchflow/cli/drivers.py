@@ -5,15 +5,32 @@ import json
 import click
 
 
-@click.command(help="List the installed drivers (entry-point group benchflow.drivers).")
+@click.command(
+    help="List the installed drivers and benchmark experiments (entry-point group "
+    "benchflow.drivers): package, version, deprecated flag. --schema NAME prints one's "
+    "inputs and outputs."
+)
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def drivers(as_json: bool) -> None:
+@click.option("--schema", "schema_of", default=None, metavar="NAME", help="inputs/outputs of NAME")
+def drivers(as_json: bool, schema_of: str | None) -> None:
     from drivers import discovery
 
+    if schema_of:
+        try:
+            cls = discovery.load(schema_of)
+        except KeyError as exc:
+            raise click.UsageError(str(exc).strip("'\"")) from None
+        info = discovery.info(schema_of)
+        doc = {"package": info.package, "version": info.version, **cls.io_schema()}
+        click.echo(json.dumps(doc, indent=2))
+        return
     infos = []
     for name in discovery.names():
         try:
-            infos.append(discovery.info(name).__dict__)
+            d = dict(discovery.info(name).__dict__)
+            d["target_fields"] = list(d["target_fields"])
+            d["needs"] = _needs(discovery.load(name))
+            infos.append(d)
         except Exception as exc:  # a broken third-party driver must not hide the others
             infos.append(
                 {
@@ -24,6 +41,9 @@ def drivers(as_json: bool) -> None:
                     "package": "?",
                     "version": "?",
                     "target": "?",
+                    "fixed": False,
+                    "target_fields": [],
+                    "needs": None,
                 }
             )
     if as_json:
@@ -32,14 +52,23 @@ def drivers(as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("name", "family", "package", "version", "deprecated", "description")
+    table = Table("name", "family", "kind", "package", "version", "deprecated", "description")
     for i in infos:
+        dep = i["deprecated"]
         table.add_row(
             i["name"],
             i["family"],
+            "fixed" if i["fixed"] else "parameterised",
             i["package"],
             i["version"],
-            "yes" if i["deprecated"] else "",
+            dep if isinstance(dep, str) else ("yes" if dep else ""),
             i["description"],
         )
     Console().print(table)
+
+
+def _needs(cls) -> dict | None:
+    """The resources the driver's Settings declare by default (its needs)."""
+    field = cls.Settings.model_fields.get("resources")
+    default = field.get_default(call_default_factory=True) if field else None
+    return default.model_dump() if default is not None else None

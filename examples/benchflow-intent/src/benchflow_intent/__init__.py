@@ -1,0 +1,1 @@
+"""benchflow-intent: how accurately a classifier maps requests to intents."""
