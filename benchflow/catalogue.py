@@ -4,7 +4,7 @@ A **benchmark** (REQ 2.3) is a fixed experiment, or a parameterisable
 experiment plus a workload: here, a service config (``conf/service/<name>``,
 naming the experiment's driver) and the overrides that fix its workload. Its
 *workload* is every setting of the experiment except the target's
-(``Driver.target_fields``) and the execution details (resources, isolation),
+(``Driver.target_fields``) and the execution details (mode, server, resources, isolation),
 plus the top-level load keys given when it was registered: two runs belong to
 the same benchmark when their experiment and workload are equal, whatever
 target they measured.
@@ -45,7 +45,7 @@ STATE_TAG = "benchflow.benchmark.state"  # active | superseded
 DEPRECATED_TAG = "benchflow.benchmark.deprecated"
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 # Service settings that say how a trial runs, not what it measures.
-EXECUTION_KEYS = ("name", "driver", "mode", "resources", "isolation")
+EXECUTION_KEYS = ("name", "driver", "mode", "server", "resources", "isolation")
 NO_TARGET = "(no target)"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

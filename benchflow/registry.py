@@ -262,6 +262,15 @@ def apply_target(
         key = o.lstrip("+~").split("=", 1)[0]
         if key in ("target", "hydra") or key.startswith("hydra."):
             continue
+        if "." not in key and (conf_dir() / key).is_dir():
+            # Choosing a config group (service=intent) is not setting a key the target
+            # owns — unless the target names another service.
+            value = o.split("=", 1)[1] if "=" in o else None
+            if key == "service" and spec.service and value != spec.service:
+                raise ConfigError(
+                    key, value, f"target {target.label} runs on service {spec.service!r}"
+                )
+            continue
         if any(key == p or key.startswith(p + ".") or p.startswith(key + ".") for p in owned):
             raise ConfigError(
                 key,

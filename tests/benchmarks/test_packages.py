@@ -20,7 +20,7 @@ def test_installed_experiments_are_listed_with_versions_and_deprecation(bench):
         assert rows[name]["version"] == "0.1.0"
         assert rows[name]["family"] == "quality"
     assert rows["intent"]["fixed"] is False and rows["intent_shipped"]["fixed"] is True
-    assert rows["intent"]["needs"] == {"gpus": 0, "cpus": 1, "mem_gb": 0.5, "time_min": 2}
+    assert rows["intent"]["needs"] == {"gpus": 0, "cpus": 1, "mem_gb": 0.5, "time_min": 2, "nodes": 1}
     assert rows["intent_v0"]["deprecated"].endswith("use intent")
     assert rows["intent"]["deprecated"] is False
     assert rows["noop"]["package"] == "benchflow"  # the built-ins, found the same way
@@ -45,7 +45,7 @@ def test_example_benchmark_runs_with_its_data_outputs_and_custom_metadata(bench)
     assert 0.5 < q["accuracy"] < 1.0  # the keyword model misses the hard phrasings
     assert {"accuracy.alarm", "accuracy.music", "accuracy.shopping", "accuracy.weather"} <= set(q)
     assert m["validity"]["valid"] is True
-    assert meta["resources"] == {"gpus": 0, "cpus": 1, "mem_gb": 0.5, "time_min": 2}
+    assert meta["resources"] == {"gpus": 0, "cpus": 1, "mem_gb": 0.5, "time_min": 2, "nodes": 1}
 
     custom = json.loads((tdir / "custom.json").read_text())
     assert custom["dataset"]["source"] == "shipped" and len(custom["dataset"]["sha256"]) == 64
