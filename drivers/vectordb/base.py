@@ -24,6 +24,7 @@ neighbours (of the vectors passing the filter, when there is one).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -449,8 +450,6 @@ def _rss_mb(proc: psutil.Process) -> float:
     """Resident memory of a process and its children, in MiB."""
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.Error):
             total += p.memory_info().rss
-        except psutil.Error:
-            pass
     return total / 2**20

@@ -16,6 +16,7 @@ filter (``where={"attr": {"$lt": t}}``). Telemetry is off.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -249,8 +250,6 @@ def _du_mb(path: str) -> float:
     total = 0
     for root, _, files in os.walk(path):
         for f in files:
-            try:
+            with contextlib.suppress(OSError):
                 total += os.stat(os.path.join(root, f)).st_size
-            except OSError:
-                pass
     return total / 2**20

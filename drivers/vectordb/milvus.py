@@ -87,10 +87,7 @@ class MilvusDriver(VectorDBDriver):
         s = self.settings
         self._tmp: str | None = None
         if s.mode == "embedded":
-            if s.path:
-                root = Path(s.path).expanduser()
-            else:
-                root = Path(self._make_tmp())
+            root = Path(s.path).expanduser() if s.path else Path(self._make_tmp())
             self.uri = str(root / "milvus.db")
         else:
             self.uri = s.uri
