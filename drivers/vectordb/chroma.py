@@ -77,6 +77,9 @@ class ChromaDriver(VectorDBDriver):
 
         s = self.settings
         self.client = self.collection = None
+        # httpx logs every request at INFO: under load that is a log line per query,
+        # which costs time in the measured loop and floods the trial's log.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         self._tmp: str | None = None
         cs = chromadb.Settings(anonymized_telemetry=False, allow_reset=False)
         if s.mode == "embedded":
@@ -177,11 +180,17 @@ class ChromaDriver(VectorDBDriver):
         if hnsw.get("ef_search") != want:  # a reused collection: ef is modifiable
             self.collection.modify(configuration={"hnsw": {"ef_search": want}})
 
+    def __setstate__(self, state: dict) -> None:
+        # A client process (clients=N): make its HTTP client now, while the parent
+        # waits for every client to be ready, not inside the first timed phase
+        # (creating one takes a second or more on a busy machine).
+        self.__dict__.update(state)
+        if self.settings.mode == "server":
+            self.client = self._http_client()
+
     def open_worker(self, worker: int):
         if self.settings.mode == "embedded":
             return self.collection  # one in-process client; its calls are thread-safe
-        if self.client is None:  # a client process: its own HTTP client
-            self.client = self._http_client()
         return self.client.get_collection(self.collection_name)
 
     def search(self, state, queries: np.ndarray, k: int) -> np.ndarray:

@@ -88,6 +88,7 @@ class MilvusDriver(VectorDBDriver):
         self._tmp: str | None = None
         if s.mode == "embedded":
             root = Path(s.path).expanduser() if s.path else Path(self._make_tmp())
+            root.mkdir(parents=True, exist_ok=True)
             self.uri = str(root / "milvus.db")
         else:
             self.uri = s.uri

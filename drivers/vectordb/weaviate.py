@@ -80,6 +80,9 @@ class WeaviateDriver(VectorDBDriver):
     # -- connecting ------------------------------------------------------------------
     def connect(self) -> None:
         self.collection = None
+        # httpx logs every request at INFO: under load that is a log line per query,
+        # which costs time in the measured loop and floods the trial's log.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         self.client = self._client()
 
     def _client(self):
