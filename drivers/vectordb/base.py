@@ -147,15 +147,16 @@ class VectorDBDriver(Driver):
             raise ConfigRefused(*problem)
         shapes = s.dataset.shapes()
         n, nq = shapes["base"][0], shapes["query"][0]
+        generated = s.dataset.source == "generated"
+        queries = "dataset.queries" if generated else "the number of queries"
         if run.batch > nq:
-            raise ConfigRefused("batch", run.batch, f"at most the number of queries ({nq})")
+            raise ConfigRefused("batch", run.batch, f"at most {queries} ({nq})")
+        vectors = "dataset.n" if generated else "the number of vectors"
         if sp.k > n:
-            raise ConfigRefused("service.search.k", sp.k, f"at most the number of vectors ({n})")
+            raise ConfigRefused("service.search.k", sp.k, f"at most {vectors} ({n})")
         if ix.type == "IVF":
             if ix.nlist > n:
-                raise ConfigRefused(
-                    "service.index.nlist", ix.nlist, f"at most the number of vectors ({n})"
-                )
+                raise ConfigRefused("service.index.nlist", ix.nlist, f"at most {vectors} ({n})")
             if sp.nprobe > ix.nlist:
                 raise ConfigRefused(
                     "service.search.nprobe", sp.nprobe, f"at most index.nlist ({ix.nlist})"

@@ -85,8 +85,13 @@ class FaissDriver(VectorDBDriver):
         self.faiss = faiss
         self.index = None
         self.params = None
+        self.gpu_resources = None
         if self.settings.threads:
             faiss.omp_set_num_threads(self.settings.threads)
+        if self.settings.device == "cuda":
+            # Made before the "before ingest" memory snapshot; FAISS still reserves
+            # its scratch memory lazily, on first use, so the GPU delta includes it.
+            self.gpu_resources = faiss.StandardGpuResources()
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
         return normalized(x) if self.settings.index.metric == "cosine" else x
@@ -111,7 +116,6 @@ class FaissDriver(VectorDBDriver):
     def _gpu_index(self, dim: int, metric: int):
         """A GPU index built directly on the device (no CPU copy to transfer)."""
         f, ix = self.faiss, self.settings.index
-        self.gpu_resources = f.StandardGpuResources()
         if ix.type == "Flat":
             cfg = f.GpuIndexFlatConfig()
             cfg.device = self.settings.gpu_id

@@ -34,7 +34,7 @@ CASES = [
         ["service=chroma", "clients=2", "concurrency=2"],
         ["clients", "embedded runs in this process"],
     ),
-    (["service.search.k=5000"], ["service.search.k", "at most the number of vectors (3000)"]),
+    (["service.search.k=5000"], ["service.search.k", "at most dataset.n (3000)"]),
     (
         ["service=faiss", "service.device=cuda", "service.index.type=IVF"],
         ["service.device", "needs faiss-gpu and a GPU", "use device=cpu"],
