@@ -15,13 +15,14 @@ import os
 import numpy as np
 import pytest
 from conftest import FAST
-from vectordb_support import DATA, SMALL, K, brute_force, recall, vectors
+from vectordb_support import DATA, NO_MLFLOW, SMALL, K, brute_force, recall, vectors
 
 
 def test_chroma_launched_server_is_measured_and_serves_two_client_processes(workdir):
     proc = workdir.run(
         "service=chroma",
         "service.mode=server",
+        NO_MLFLOW,
         "clients=2",
         "concurrency=2",
         "batch=5",

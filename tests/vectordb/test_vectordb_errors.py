@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import FAST
-from vectordb_support import SMALL
+from vectordb_support import NO_MLFLOW, SMALL
 
 CASES = [
     (["service.index.metric=L1"], ["service.index.metric", "'L1'", "allowed: L2, IP, cosine"]),
@@ -75,6 +75,7 @@ def test_reusing_a_collection_of_another_dimension_is_a_clear_failure(workdir, c
         *chroma_server.overrides(),
         *SMALL,
         *FAST,
+        NO_MLFLOW,
         f"service.collection={name}",
         "service.if_exists=reuse",
     )
@@ -85,7 +86,9 @@ def test_reusing_a_collection_of_another_dimension_is_a_clear_failure(workdir, c
     assert "has 16 dimensions, the dataset 32" in meta["error"]["message"]
     assert client.get_collection(name).count() == 1, "a reused collection is never dropped"
     # The same collection with if_exists=fail (the default) is refused, untouched.
-    proc = workdir.run(*chroma_server.overrides(), *SMALL, *FAST, f"service.collection={name}")
+    proc = workdir.run(
+        *chroma_server.overrides(), *SMALL, *FAST, NO_MLFLOW, f"service.collection={name}"
+    )
     failed = [workdir.meta(d) for d in workdir.trial_dirs() if d != tdir]
     assert proc.returncode == 1 and failed[0]["error"]["class"] == "collection_exists"
     assert client.get_collection(name).count() == 1

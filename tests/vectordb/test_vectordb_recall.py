@@ -11,6 +11,7 @@ import pytest
 from conftest import FAST
 from vectordb_support import (
     DATA,
+    NO_MLFLOW,
     SMALL,
     K,
     attr,
@@ -169,6 +170,7 @@ def test_chroma_server_recall_equals_raw_chroma_on_the_same_collection(workdir, 
     ((m, _),) = trial_recalls(
         workdir,
         *chroma_server.overrides(),
+        NO_MLFLOW,
         f"service.collection={name}",
         "service.keep=true",
         "service.if_exists=drop",
@@ -287,6 +289,7 @@ def test_milvus_embedded_recall_equals_raw_milvus_lite_on_the_same_collection(wo
     ((m, _),) = trial_recalls(
         workdir,
         "service=milvus",
+        NO_MLFLOW,
         f"service.path={store}",
         "service.collection=recall_check_ip",
         "service.keep=true",
@@ -318,6 +321,7 @@ def test_milvus_server_by_uri_filtered_ivf_recall_equals_raw_milvus(workdir, mil
     ((m, _),) = trial_recalls(
         workdir,
         "service=milvus",
+        NO_MLFLOW,
         "service.mode=server",
         f"service.uri={milvus_uri}",
         f"service.collection={name}",

@@ -16,6 +16,8 @@ from drivers.vectordb.dataset import ATTR_RANGE, Dataset, DatasetSettings, gener
 DATA = dict(n=3000, dim=32, clusters=16, spread=0.15, queries=200, seed=0)
 SMALL = [f"service.dataset.{k}={v}" for k, v in DATA.items()]
 K = 10
+# Trials whose test reads only the result files skip the MLflow upload (seconds each).
+NO_MLFLOW = "tracking.upload=false"
 
 
 def vectors() -> tuple[np.ndarray, np.ndarray]:
