@@ -40,6 +40,12 @@ METRICS = {"L2": "L2", "IP": "IP", "cosine": "COSINE"}
 MAX_TOPK = 16384  # Milvus' limit on k (limit + offset)
 
 
+def _quiet_unimplemented(record: logging.LogRecord) -> bool:
+    """pymilvus probes calls milvus-lite's in-process server does not implement (it
+    copes); the server would log each probe as an error with a traceback."""
+    return "Method not implemented" not in record.getMessage()
+
+
 class MilvusSettings(CollectionSettings):
     uri: str | None = Field(None, description="mode=server: http://host:19530")
     token_env: str | None = Field(
@@ -87,6 +93,7 @@ class MilvusDriver(VectorDBDriver):
         s = self.settings
         self._tmp: str | None = None
         if s.mode == "embedded":
+            logging.getLogger("grpc._server").addFilter(_quiet_unimplemented)
             root = Path(s.path).expanduser() if s.path else Path(self._make_tmp())
             root.mkdir(parents=True, exist_ok=True)
             self.uri = str(root / "milvus.db")
