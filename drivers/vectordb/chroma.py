@@ -176,9 +176,32 @@ class ChromaDriver(VectorDBDriver):
         t = self.settings.filter.threshold
         self.where = None if t is None else {"attr": {"$lt": t}}
         want = self.settings.search.ef
-        hnsw = (self.collection.configuration or {}).get("hnsw") or {}
-        if hnsw.get("ef_search") != want:  # a reused collection: ef is modifiable
-            self.collection.modify(configuration={"hnsw": {"ef_search": want}})
+        have = ((self.collection.configuration or {}).get("hnsw") or {}).get("ef_search")
+        if have == want:
+            return
+        # Only a reused collection gets here. Chroma reads ef_search when it loads a
+        # collection's index: a changed value reaches an index that is already
+        # loaded only after a reload (measured: modify() alone leaves the recall as
+        # it was, in process and on a server).
+        if self.settings.mode != "embedded":
+            raise DriverError(
+                f"collection {self.collection_name!r} was built with ef_search={have}; a "
+                f"running Chroma server applies another ef only after it reloads the "
+                f"collection. Use service.search.ef={have}, or service.if_exists=drop",
+                "collection_mismatch",
+            )
+        self.collection.modify(configuration={"hnsw": {"ef_search": want}})
+        self._reopen()
+
+    def _reopen(self) -> None:
+        """Drop this process's Chroma system and open the store again (a fresh load)."""
+        import chromadb
+        from chromadb.api.shared_system_client import SharedSystemClient
+
+        SharedSystemClient.clear_system_cache()
+        cs = chromadb.Settings(anonymized_telemetry=False, allow_reset=False)
+        self.client = chromadb.PersistentClient(path=self.path, settings=cs)
+        self.collection = self.client.get_collection(self.collection_name)
 
     def __setstate__(self, state: dict) -> None:
         # A client process (clients=N): make its HTTP client now, while the parent

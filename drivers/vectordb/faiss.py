@@ -62,6 +62,13 @@ class FaissDriver(VectorDBDriver):
                     "service.device", "cuda", f"needs faiss-gpu and a GPU ({why}); use device=cpu"
                 )
             ix, sp = settings.index, settings.search
+            if run.concurrency > 1:
+                raise ConfigRefused(
+                    "concurrency",
+                    run.concurrency,
+                    "a FAISS GPU index serves one search at a time; use concurrency=1 "
+                    "and a larger batch",
+                )
             if ix.type == "HNSW":
                 raise ConfigRefused(
                     "service.index.type", "HNSW", "FAISS has no GPU HNSW; use Flat or IVF"

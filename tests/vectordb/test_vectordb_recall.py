@@ -354,3 +354,34 @@ def test_milvus_server_by_uri_filtered_ivf_recall_equals_raw_milvus(workdir, mil
     from pymilvus import MilvusClient
 
     MilvusClient(uri=milvus_uri).drop_collection(name)
+
+
+def test_chroma_reused_collection_is_searched_at_the_new_ef(tmp_path, data_dir):
+    """A sweep over ef builds once (if_exists=reuse, keep=true): the second point
+    reuses the collection, which Chroma must reload to apply the new ef_search."""
+    from drivers.vectordb.chroma import ChromaDriver
+
+    store = str(tmp_path / "store")
+    common = {
+        "path": store,
+        "collection": "sweep_once",
+        "if_exists": "reuse",
+        "keep": True,
+        "index": {"type": "HNSW", "M": 4, "ef_construction": 8},
+    }
+    got, phases = {}, {}
+    for ef in (4, 64):
+        d = in_process(ChromaDriver, {**common, "search": {"k": K, "ef": ef}}, tmp_path / str(ef),
+                       data_dir, batch=10)  # fmt: skip
+        d.setup()
+        try:
+            got[ef], phases[ef] = d.quality()[f"recall_at_{K}"], set(d.trial.phases)
+            _, queries = vectors()
+            res = d.collection.query(query_embeddings=queries, n_results=K, include=[])
+            raw = recall(np.array([[int(x) for x in row] for row in res["ids"]]), brute_force("L2"))
+            assert d.collection.configuration["hnsw"]["ef_search"] == ef
+        finally:
+            d.teardown()
+        assert got[ef] == pytest.approx(raw, abs=1e-12), ef
+    assert phases[4] == {"dataset", "ingest"} and phases[64] == {"dataset"}
+    assert got[4] < got[64]
