@@ -30,8 +30,8 @@ from bench.common import Row, Workspace, check
 
 S = "vectordb"
 ORDER = 40
-ROUNDS = 5
-ROUND_S = 1.5
+ROUNDS = 10
+ROUND_S = 1.0
 HNSW = {"type": "HNSW", "metric": "L2", "M": 32, "ef_construction": 80}
 DATASET = {"n": 20000, "dim": 64, "clusters": 64, "spread": 0.15, "queries": 1000}
 
@@ -107,7 +107,7 @@ def rows(ws: Workspace) -> list[Row]:
     raw, bf = _same_index(100, data_dir)
     ratio = statistics.median(b / r * 100 for r, b in zip(raw, bf, strict=True))
     out = [
-        Row(S, "faiss raw search loop, batch=100 (median of 5 x 1.5 s)",
+        Row(S, "faiss raw search loop, batch=100 (median of 10 x 1 s)",
             statistics.median(raw), "queries/s", how=how),
         Row(S, "  benchflow on the same index, batch=100",
             statistics.median(bf), "queries/s", how=how),

@@ -10,6 +10,7 @@ Filtered search passes a bitmap ``IDSelector`` of the vectors that qualify.
 
 from __future__ import annotations
 
+import threading
 from typing import Literal
 
 import numpy as np
@@ -18,6 +19,8 @@ from pydantic import Field
 from drivers.base import ConfigRefused
 from drivers.vectordb.base import VectorDBDriver, VectorDBSettings
 from drivers.vectordb.dataset import normalized
+
+_this_thread = threading.local()
 
 # FAISS's GPU kernels select at most this many neighbours / probe this many lists.
 GPU_MAX_K = 2048
@@ -167,6 +170,12 @@ class FaissDriver(VectorDBDriver):
                 self.index.nprobe = sp.nprobe
 
     def search(self, state, queries: np.ndarray, k: int) -> np.ndarray:
+        threads = self.settings.threads
+        if threads and getattr(_this_thread, "omp_threads", 0) != threads:
+            # OpenMP's thread count is per calling thread: the load engine's workers
+            # start with the process default, not what connect() set in this one.
+            self.faiss.omp_set_num_threads(threads)
+            _this_thread.omp_threads = threads
         if self.params is None:
             return self.index.search(queries, k)[1]
         return self.index.search(queries, k, params=self.params)[1]

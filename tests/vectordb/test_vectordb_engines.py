@@ -129,3 +129,30 @@ def test_weaviate_recall_equals_raw_weaviate_on_the_same_collection(workdir, ind
     raw = recall(np.array(found), brute_force(metric, allowed=allowed))
     assert m["quality"][f"recall_at_{K}"] == pytest.approx(raw, abs=1e-12)
     assert m["extra"]["index.ntotal"] == DATA["n"]
+
+
+def test_faiss_threads_setting_reaches_the_load_engines_worker_threads(tmp_path, data_dir):
+    """OpenMP's thread count belongs to the calling thread; the load engine's workers
+    must search with service.threads, not with the process default."""
+    import threading
+
+    import faiss
+    from vectordb_support import in_process
+
+    from drivers.vectordb.faiss import FaissDriver
+
+    d = in_process(FaissDriver, {"threads": 1, "index": {"type": "Flat"}}, tmp_path, data_dir)
+    d.setup()
+    seen = []
+
+    def worker():
+        d.search(None, d.queries[:1], K)
+        seen.append(faiss.omp_get_max_threads())
+
+    try:
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+    finally:
+        d.teardown()
+    assert seen == [1]
