@@ -307,7 +307,12 @@ def _rows(ds, limit: int | None) -> np.ndarray:
 
 
 def _open_h5(path: Path):
-    import h5py
+    try:
+        import h5py
+    except ImportError:
+        raise DatasetInvalid(
+            "reading ann-benchmarks HDF5 files needs h5py (pip install 'benchflow[vectordb]')"
+        ) from None
 
     try:
         f = h5py.File(path, "r")
