@@ -19,7 +19,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 # Fixtures that start real servers, shared between test areas (tests/fixtures/<server>.py).
-pytest_plugins: list[str] = ["fixtures.slurm", "fixtures.benchmark_packages"]
+pytest_plugins: list[str] = [
+    "fixtures.slurm",
+    "fixtures.benchmark_packages",
+    "fixtures.chroma",
+    "fixtures.milvus",
+]
 
 
 def require(condition: bool, what: str) -> None:

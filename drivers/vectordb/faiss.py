@@ -1,56 +1,53 @@
-"""``faiss``: a FAISS index in the harness process (Flat, IVF, HNSW; CPU or GPU).
+"""``faiss``: a FAISS index in the harness process — Flat, IVF, HNSW on the CPU;
+Flat and IVF on a GPU with faiss-gpu (``device=cuda``).
 
-Setup trains (IVF), ingests in batches (its own phase: vectors/s) and records
-the memory the index took. Each request searches ``batch`` queries for the
-``k`` nearest neighbours. Recall@k is measured afterwards over every query with
-the same parameters, against the exact neighbours of the dataset.
+The baseline library: no server, no serialisation, so its figures are the
+ceiling the databases are compared with. The index lives in this process, so
+``clients`` must be 1 and memory is this process's RSS (plus the GPU's used
+memory with ``device=cuda``). Cosine is inner product on normalized vectors.
+Filtered search passes a bitmap ``IDSelector`` of the vectors that qualify.
 """
 
 from __future__ import annotations
 
-import os
+import threading
 from typing import Literal
 
 import numpy as np
-import psutil
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from drivers.base import ConfigRefused, Driver, ServiceSettings
-from drivers.vectordb.dataset import DatasetSettings, load, normalized, recall_at_k
+from drivers.base import ConfigRefused
+from drivers.vectordb.base import VectorDBDriver, VectorDBSettings
+from drivers.vectordb.dataset import normalized
 
+_this_thread = threading.local()
 
-class IndexSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["Flat", "IVF", "HNSW"] = "HNSW"
-    metric: Literal["L2", "IP", "cosine"] = "L2"
-    M: int = Field(32, ge=2, le=512)
-    ef_construction: int = Field(80, ge=1)
-    nlist: int = Field(256, ge=1)
+# FAISS's GPU kernels select at most this many neighbours / probe this many lists.
+GPU_MAX_K = 2048
+GPU_MAX_NPROBE = 2048
 
 
-class SearchSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    k: int = Field(10, ge=1, le=2048)
-    ef: int = Field(64, ge=1)
-    nprobe: int = Field(16, ge=1)
-
-
-class FaissSettings(ServiceSettings):
+class FaissSettings(VectorDBSettings):
     device: Literal["cpu", "cuda"] = "cpu"
-    threads: int = Field(0, ge=0)
-    index: IndexSettings = Field(default_factory=IndexSettings)
-    search: SearchSettings = Field(default_factory=SearchSettings)
-    ingest_batch: int = Field(10000, ge=1)
-    dataset: DatasetSettings = Field(default_factory=DatasetSettings)
+    gpu_id: int = Field(0, ge=0, description="device=cuda: which GPU (CUDA numbering)")
+    threads: int = Field(0, ge=0, description="OpenMP threads; 0 = FAISS's default")
 
 
-class FaissDriver(Driver):
+def gpu_support() -> tuple[bool, str]:
+    """Whether this faiss can build GPU indexes here, and why not."""
+    import faiss
+
+    if not hasattr(faiss, "StandardGpuResources"):
+        return False, "this faiss has no GPU support (install faiss-gpu)"
+    if faiss.get_num_gpus() < 1:
+        return False, "faiss-gpu sees no GPU"
+    return True, ""
+
+
+class FaissDriver(VectorDBDriver):
     name = "faiss"
-    family = "vectordb"
-    description = "FAISS index in process: Flat/IVF/HNSW, batch queries, recall@k"
+    description = "FAISS index in process: Flat/IVF/HNSW on CPU, Flat/IVF on GPU; recall@k"
     Settings = FaissSettings
-    batch_meaning = "queries per search call"
-    size_unit = "queries"
     supports_clients = False
     client_library = "faiss-cpu"
 
@@ -59,107 +56,160 @@ class FaissDriver(Driver):
     @classmethod
     def check(cls, settings: FaissSettings, run) -> None:
         super().check(settings, run)
-        ix, ds = settings.index, settings.dataset
-        if run.batch > ds.queries:
-            raise ConfigRefused("batch", run.batch, f"at most dataset.queries ({ds.queries})")
-        if settings.search.k > ds.n:
-            raise ConfigRefused(
-                "service.search.k", settings.search.k, f"at most dataset.n ({ds.n})"
-            )
-        if ix.type == "IVF" and ix.nlist > ds.n:
-            raise ConfigRefused("service.index.nlist", ix.nlist, f"at most dataset.n ({ds.n})")
-        if ix.type == "IVF" and settings.search.nprobe > ix.nlist:
-            raise ConfigRefused(
-                "service.search.nprobe", settings.search.nprobe, f"at most index.nlist ({ix.nlist})"
-            )
+        if settings.mode != "embedded":
+            raise ConfigRefused("service.mode", settings.mode, "faiss runs in process: embedded")
         if settings.device == "cuda":
-            import faiss
-
-            has_gpu_build = hasattr(faiss, "StandardGpuResources")
-            if not has_gpu_build or faiss.get_num_gpus() < 1:
-                why = "no GPU visible" if has_gpu_build else "this faiss has no GPU support"
+            ok, why = gpu_support()
+            if not ok:
                 raise ConfigRefused(
                     "service.device", "cuda", f"needs faiss-gpu and a GPU ({why}); use device=cpu"
+                )
+            ix, sp = settings.index, settings.search
+            if run.concurrency > 1:
+                raise ConfigRefused(
+                    "concurrency",
+                    run.concurrency,
+                    "a FAISS GPU index serves one search at a time; use concurrency=1 "
+                    "and a larger batch",
                 )
             if ix.type == "HNSW":
                 raise ConfigRefused(
                     "service.index.type", "HNSW", "FAISS has no GPU HNSW; use Flat or IVF"
                 )
+            if settings.filter.selectivity is not None:
+                raise ConfigRefused(
+                    "service.filter.selectivity",
+                    settings.filter.selectivity,
+                    "FAISS GPU indexes take no ID selector; use device=cpu for filtered search",
+                )
+            if sp.k > GPU_MAX_K:
+                raise ConfigRefused("service.search.k", sp.k, f"at most {GPU_MAX_K} on the GPU")
+            if ix.type == "IVF" and sp.nprobe > GPU_MAX_NPROBE:
+                raise ConfigRefused(
+                    "service.search.nprobe", sp.nprobe, f"at most {GPU_MAX_NPROBE} on the GPU"
+                )
 
-    def setup(self) -> None:
+    def connect(self) -> None:
         import faiss
 
-        s, ix = self.settings, self.settings.index
-        if s.threads:
-            faiss.omp_set_num_threads(s.threads)
-        with self.trial.phase("dataset") as fig:
-            self.data = load(s.dataset, self.trial.data_dir)
-            self.truth = self.data.ground_truth(ix.metric, s.search.k)
-            fig["vectors"] = len(self.data.base)
-        base, self.queries = self.data.base, self.data.queries
-        if ix.metric == "cosine":
-            base, self.queries = normalized(base), normalized(self.queries)
-        metric = faiss.METRIC_L2 if ix.metric == "L2" else faiss.METRIC_INNER_PRODUCT
-        d = self.data.dim
-        if ix.type == "Flat":
-            index = faiss.IndexFlat(d, metric)
+        self.faiss = faiss
+        self.index = None
+        self.params = None
+        self.gpu_resources = None
+        if self.settings.threads:
+            faiss.omp_set_num_threads(self.settings.threads)
+        if self.settings.device == "cuda":
+            # Made before the "before ingest" memory snapshot; FAISS still reserves
+            # its scratch memory lazily, on first use, so the GPU delta includes it.
+            self.gpu_resources = faiss.StandardGpuResources()
+
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        return normalized(x) if self.settings.index.metric == "cosine" else x
+
+    def _metric(self) -> int:
+        f = self.faiss
+        return f.METRIC_L2 if self.settings.index.metric == "L2" else f.METRIC_INNER_PRODUCT
+
+    def create(self, dim: int) -> None:
+        f, ix = self.faiss, self.settings.index
+        metric = self._metric()
+        if self.settings.device == "cuda":
+            self.index = self._gpu_index(dim, metric)
+        elif ix.type == "Flat":
+            self.index = f.IndexFlat(dim, metric)
         elif ix.type == "IVF":
-            index = faiss.IndexIVFFlat(faiss.IndexFlat(d, metric), d, ix.nlist, metric)
+            self.index = f.IndexIVFFlat(f.IndexFlat(dim, metric), dim, ix.nlist, metric)
         else:
-            index = faiss.IndexHNSWFlat(d, ix.M, metric)
-            index.hnsw.efConstruction = ix.ef_construction
-        if s.device == "cuda":
-            self._gpu_res = faiss.StandardGpuResources()
-            index = faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
-        proc = psutil.Process(os.getpid())
-        rss0 = proc.memory_info().rss
-        if ix.type == "IVF":
-            with self.trial.phase("train") as fig:
-                index.train(base)
-                fig["vectors"] = len(base)
-        with self.trial.phase("ingest") as fig:
-            for i in range(0, len(base), s.ingest_batch):
-                index.add(base[i : i + s.ingest_batch])
-        fig["vectors"] = len(base)
-        fig["vectors_per_s"] = len(base) / fig["seconds"] if fig["seconds"] else 0.0
-        self.trial.extra["index.rss_delta_mb"] = (proc.memory_info().rss - rss0) / 2**20
-        self.trial.extra["index.ntotal"] = float(index.ntotal)
-        self.index = index
-        self._apply_search_params()
+            self.index = f.IndexHNSWFlat(dim, ix.M, metric)
+            self.index.hnsw.efConstruction = ix.ef_construction
 
-    def _apply_search_params(self) -> None:
-        import faiss
+    def _gpu_index(self, dim: int, metric: int):
+        """A GPU index built directly on the device (no CPU copy to transfer)."""
+        f, ix = self.faiss, self.settings.index
+        if ix.type == "Flat":
+            cfg = f.GpuIndexFlatConfig()
+            cfg.device = self.settings.gpu_id
+            return f.GpuIndexFlat(self.gpu_resources, dim, metric, cfg)
+        cfg = f.GpuIndexIVFFlatConfig()
+        cfg.device = self.settings.gpu_id
+        return f.GpuIndexIVFFlat(self.gpu_resources, dim, ix.nlist, metric, cfg)
 
-        ix, sp = self.settings.index, self.settings.search
-        if ix.type == "HNSW":
+    def needs_training(self) -> bool:
+        return self.settings.index.type == "IVF"
+
+    def train(self, base: np.ndarray) -> None:
+        self.index.train(base)
+
+    def insert(self, start: int, vectors: np.ndarray, attr: np.ndarray) -> None:
+        # FAISS numbers vectors in the order they are added: ids are start.. by construction.
+        self.index.add(vectors)
+
+    def apply_search_params(self) -> None:
+        f, ix, sp = self.faiss, self.settings.index, self.settings.search
+        t = self.settings.filter.threshold
+        if t is not None:
+            # A bitmap selector (bit i set: vector i qualifies); the arrays must outlive it.
+            self._bitmap = np.packbits(self.data.attr < t, bitorder="little")
+            self._selector = f.IDSelectorBitmap(len(self.data.attr), f.swig_ptr(self._bitmap))
+            if ix.type == "HNSW":
+                p = f.SearchParametersHNSW()
+                p.efSearch = sp.ef
+            elif ix.type == "IVF":
+                p = f.SearchParametersIVF()
+                p.nprobe = sp.nprobe
+            else:
+                p = f.SearchParameters()
+            p.sel = self._selector
+            self.params = p
+        elif ix.type == "HNSW":
             self.index.hnsw.efSearch = sp.ef
         elif ix.type == "IVF":
             if self.settings.device == "cuda":
-                faiss.GpuParameterSpace().set_index_parameter(self.index, "nprobe", sp.nprobe)
+                f.GpuParameterSpace().set_index_parameter(self.index, "nprobe", sp.nprobe)
             else:
                 self.index.nprobe = sp.nprobe
 
-    def operation(self, ctx) -> int:
-        b = self.trial.run.batch
-        nq = len(self.queries)
-        start = (ctx.seq * b + ctx.worker * 7919) % nq
-        q = self.queries[start : start + b]
-        if len(q) < b:  # wrap around the query set
-            q = np.concatenate([q, self.queries[: b - len(q)]])
-        self.index.search(q, self.settings.search.k)
-        return b
+    def search(self, state, queries: np.ndarray, k: int) -> np.ndarray:
+        threads = self.settings.threads
+        if threads and getattr(_this_thread, "omp_threads", 0) != threads:
+            # OpenMP's thread count is per calling thread: the load engine's workers
+            # start with the process default, not what connect() set in this one.
+            self.faiss.omp_set_num_threads(threads)
+            _this_thread.omp_threads = threads
+        if self.params is None:
+            return self.index.search(queries, k)[1]
+        return self.index.search(queries, k, params=self.params)[1]
 
-    def search_all(self) -> np.ndarray:
-        """Neighbour ids of every query, searched ``batch`` at a time (as under load)."""
-        b, k = self.trial.run.batch, self.settings.search.k
-        out = [
-            self.index.search(self.queries[i : i + b], k)[1] for i in range(0, len(self.queries), b)
-        ]
-        return np.concatenate(out)
+    def count(self) -> int:
+        return int(self.index.ntotal)
 
-    def quality(self) -> dict[str, float]:
-        k = self.settings.search.k
-        return {f"recall_at_{k}": recall_at_k(self.search_all(), self.truth, k)}
+    def memory_snapshot(self) -> dict[str, float]:
+        out = super().memory_snapshot()
+        if self.settings.device == "cuda":
+            used = _gpu_used_mb(self.settings.gpu_id)
+            if used is not None:
+                out["gpu_used"] = used
+        return out
 
-    def teardown(self) -> None:
+    def drop(self) -> None:
         self.index = None
+        self.params = None
+
+    def disconnect(self) -> None:
+        self.index = None
+        self.gpu_resources = None
+
+
+def _gpu_used_mb(gpu_id: int) -> float | None:
+    """Used memory of the GPU (whole device: other processes count too), via NVML."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(gpu_id)
+            return pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no NVML: no figure, never a failed trial
+        return None

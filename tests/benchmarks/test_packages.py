@@ -20,7 +20,13 @@ def test_installed_experiments_are_listed_with_versions_and_deprecation(bench):
         assert rows[name]["version"] == "0.1.0"
         assert rows[name]["family"] == "quality"
     assert rows["intent"]["fixed"] is False and rows["intent_shipped"]["fixed"] is True
-    assert rows["intent"]["needs"] == {"gpus": 0, "cpus": 1, "mem_gb": 0.5, "time_min": 2, "nodes": 1}
+    assert rows["intent"]["needs"] == {
+        "gpus": 0,
+        "cpus": 1,
+        "mem_gb": 0.5,
+        "time_min": 2,
+        "nodes": 1,
+    }
     assert rows["intent_v0"]["deprecated"].endswith("use intent")
     assert rows["intent"]["deprecated"] is False
     assert rows["noop"]["package"] == "benchflow"  # the built-ins, found the same way
