@@ -234,13 +234,13 @@ def compose_trials(
             try:
                 cfg = compose(CONFIG_NAME, overrides=[*search, *job])
             except HydraException as exc:
-                raise _from_hydra(exc, job) from None
+                raise _from_hydra(exc, job, search) from None
             specs.append(validate(cfg, tuple(job)))
     GlobalHydra.instance().clear()
     return specs
 
 
-def _from_hydra(exc: Exception, job: list[str]) -> ConfigError:
+def _from_hydra(exc: Exception, job: list[str], search: list[str] = ()) -> ConfigError:
     text = str(exc)
     m = re.search(r"Could not find '([^/']+)/([^']+)'", text)
     if m:
@@ -254,15 +254,20 @@ def _from_hydra(exc: Exception, job: list[str]) -> ConfigError:
         key = m.group(1)
         value = next((o.split("=", 1)[1] for o in job if o.split("=", 1)[0] == key), _MISSING)
         parent = key.rsplit(".", 1)[0] if "." in key else ""
-        allowed = _allowed_keys(parent)
+        # The keys of the config this job selected (service=..., tracking=...), not the defaults'.
+        groups = [o for o in job if re.fullmatch(r"[A-Za-z_][\w/]*=[^,\s]+", o)]
+        allowed = _allowed_keys(parent, [*search, *groups])
         return ConfigError(key, value, f"unknown key; allowed keys here: {allowed}")
     return ConfigError("overrides", " ".join(job), _first_line(exc))
 
 
-def _allowed_keys(parent: str) -> str:
+def _allowed_keys(parent: str, overrides: list[str] = ()) -> str:
     from hydra import compose
 
-    base = compose(CONFIG_NAME)
+    try:
+        base = compose(CONFIG_NAME, overrides=list(overrides))
+    except Exception:
+        base = compose(CONFIG_NAME)
     node = OmegaConf.select(base, parent) if parent else base
     if isinstance(node, DictConfig):
         return ", ".join(sorted(str(k) for k in node if k != "hydra"))

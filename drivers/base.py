@@ -69,6 +69,9 @@ class TrialContext:
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
     extra: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Reasons the driver found to distrust the measurement (e.g. the SUT restarted
+    # during the window); any reason marks the trial invalid.
+    invalid_reasons: list[str] = field(default_factory=list)
 
     @property
     def logs_dir(self) -> Path:
@@ -118,6 +121,15 @@ class Driver(ABC):
     def __init__(self, settings: ServiceSettings, trial: TrialContext) -> None:
         self.settings = settings
         self.trial = trial
+
+    @classmethod
+    def headline(cls, settings: ServiceSettings) -> Literal["requests", "size"]:
+        """The headline throughput's basis for these settings (default: ``throughput_basis``).
+
+        A driver whose operations differ in kind (bytes moved by a GET, none by a
+        HEAD) overrides this to pick per configuration.
+        """
+        return cls.throughput_basis
 
     @classmethod
     def check(cls, settings: ServiceSettings, run: RunSettings) -> None:
