@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
 import math
 import random
@@ -156,12 +157,11 @@ class PayloadReader(io.RawIOBase):
 
 
 class _Worker:
-    __slots__ = ("client", "index", "n", "parts", "pool_next", "rng")
+    __slots__ = ("client", "index", "n", "parts", "rng")
 
     def __init__(self, index: int, client, rng: random.Random, parts) -> None:
         self.index, self.client, self.rng, self.parts = index, client, rng, parts
         self.n = 0  # requests done by this worker
-        self.pool_next = index  # op=delete: the next pool object this worker deletes
 
 
 class S3Driver(Driver):
@@ -188,6 +188,7 @@ class S3Driver(Driver):
         self._crc: list[int] = []  # the pool's CRC-32s, by index
         self._verified = 0
         self._lock = threading.Lock()
+        self._delete_next = itertools.count()
 
     @classmethod
     def headline(cls, settings: S3Settings) -> Literal["requests", "size"]:
@@ -230,6 +231,10 @@ class S3Driver(Driver):
                     raise ConfigRefused(f"service.{key}", getattr(s, key), "only for mode=server")
         elif s.embedded_dir:
             raise ConfigRefused("service.embedded_dir", s.embedded_dir, "only for mode=embedded")
+        if s.op == "delete" and run.clients > 1:
+            raise ConfigRefused(
+                "clients", run.clients, "op=delete takes objects from one pool: use clients=1"
+            )
 
     # -- setup ---------------------------------------------------------------------
     def setup(self) -> None:
@@ -370,15 +375,14 @@ class S3Driver(Driver):
                 Bucket=self.bucket, Prefix=f"{self.base}/pool/", MaxKeys=s.list_max_keys
             )
             return 0
-        # delete: each worker takes its own share of the pool (index, index + c, ...)
-        i = w.pool_next
+        # delete: the next object of the pool (a shared counter: next() is atomic)
+        i = next(self._delete_next)
         if i >= s.objects:
             raise DriverError(
                 f"no objects left to delete: the pool has {s.objects}; raise service.objects "
                 "or bound the trial with requests=N",
                 "pool_exhausted",
             )
-        w.pool_next += self.trial.run.concurrency
         w.client.delete_object(Bucket=self.bucket, Key=self._pool_key(i))
         return 0
 
@@ -513,12 +517,13 @@ class S3Driver(Driver):
     def __getstate__(self):
         # Client processes get the endpoint and credentials, not the server object.
         state = dict(self.__dict__)
-        state.update(_server=None, _lock=None)
+        state.update(_server=None, _lock=None, _delete_next=None)
         return state
 
     def __setstate__(self, state) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._delete_next = itertools.count()
 
 
 def _describe(exc: BaseException) -> str:
