@@ -155,7 +155,14 @@ class PostgresDriver(Driver):
         self._before: dict[str, Any] | None = None
         self._admin_commits = 0  # statements on the stats connection since measure_start
         self._closing_commits = 0  # workers' flushes after the window, before the last reading
-        self._statements = _statements(s.table_prefix, s.range_rows)
+        self._statements = _statements(s.table_prefix)
+        # What a request sends for each statement: its SQL, or EXECUTE of the prepared one.
+        self._sql = {
+            name: (f"EXECUTE {name} ({', '.join(['%s'] * len(types))})" if s.prepared else sql)
+            for name, (sql, types) in self._statements.items()
+        }
+        self._rows, self._range = s.rows, s.range_rows
+        self._op = getattr(self, f"_{s.workload}")
 
     # -- config ------------------------------------------------------------------
     @classmethod
@@ -333,66 +340,74 @@ class PostgresDriver(Driver):
     # -- the request -----------------------------------------------------------------
     def operation(self, ctx) -> int:
         w: _Worker = ctx.state
-        if w.conn is None or w.conn.closed:
+        if w.cur is None:
             self._reconnect(w)
         try:
-            return self._transaction(w, ctx.seq)
+            return self._op(w)
         except Exception as exc:
             self._after_error(w, exc)
             raise
 
-    def _transaction(self, w: _Worker, seq: int) -> int:
-        s, rng, cur = self.settings, w.rng, w.cur
-        ex = self._execute
-        wl = s.workload
-        if wl == "mix":
-            wl = "point_select" if rng.random() < s.read_ratio else "update"
-        aid = rng.randint(1, s.rows)
-        if wl == "point_select":
-            ex(cur, "bf_select", (aid,))
-            cur.fetchone()
-            return 1
-        if wl == "range":
-            lo = rng.randint(1, s.rows - s.range_rows + 1)
-            ex(cur, "bf_range", (lo, lo + s.range_rows - 1))
-            return len(cur.fetchall())
-        if wl == "update":
-            ex(cur, "bf_update", (rng.randint(-5000, 5000), aid))
-            return 1
-        if wl == "insert":
-            ex(cur, "bf_insert", (aid, rng.randint(-5000, 5000)))
-            return 1
-        if wl == "batch_insert":
-            n = self.trial.run.batch
-            rows = [(rng.randint(1, s.rows), rng.randint(-5000, 5000)) for _ in range(n)]
-            from psycopg2.extras import execute_values
-
-            execute_values(
-                cur,
-                f"INSERT INTO {s.table_prefix}inserts (aid, delta) VALUES %s",
-                rows,
-                page_size=n,  # one statement, one transaction (autocommit)
-            )
-            return n
-        # tpcb: pgbench's built-in TPC-B-like script, one statement at a time
-        delta = rng.randint(-5000, 5000)
-        tid = rng.randint(1, self.tellers)
-        bid = rng.randint(1, self.branches)
-        cur.execute("BEGIN")
-        ex(cur, "bf_tpcb_account", (delta, aid))
-        ex(cur, "bf_select", (aid,))
-        cur.fetchone()
-        ex(cur, "bf_tpcb_teller", (delta, tid))
-        ex(cur, "bf_tpcb_branch", (delta, bid))
-        ex(cur, "bf_tpcb_history", (tid, bid, aid, delta))
-        cur.execute("COMMIT")
+    # One method per workload, chosen once: the hot path does no dispatching.
+    # Ids are drawn as int(random() * n) + 1 (uniform, and cheaper than randint).
+    def _point_select(self, w: _Worker) -> int:
+        w.cur.execute(self._sql["bf_select"], (int(w.rng.random() * self._rows) + 1,))
+        w.cur.fetchone()
         return 1
 
-    def _execute(self, cur, name: str, params: tuple) -> None:
-        if self.settings.prepared:
-            cur.execute(f"EXECUTE {name} ({', '.join(['%s'] * len(params))})", params)
-        else:
-            cur.execute(self._statements[name][0], params)
+    def _range(self, w: _Worker) -> int:
+        lo = int(w.rng.random() * (self._rows - self._range + 1)) + 1
+        w.cur.execute(self._sql["bf_range"], (lo, lo + self._range - 1))
+        return len(w.cur.fetchall())
+
+    def _update(self, w: _Worker) -> int:
+        rng = w.rng
+        aid = int(rng.random() * self._rows) + 1
+        w.cur.execute(self._sql["bf_update"], (int(rng.random() * 10001) - 5000, aid))
+        return 1
+
+    def _insert(self, w: _Worker) -> int:
+        rng = w.rng
+        aid = int(rng.random() * self._rows) + 1
+        w.cur.execute(self._sql["bf_insert"], (aid, int(rng.random() * 10001) - 5000))
+        return 1
+
+    def _mix(self, w: _Worker) -> int:
+        if w.rng.random() < self.settings.read_ratio:
+            return self._point_select(w)
+        return self._update(w)
+
+    def _batch_insert(self, w: _Worker) -> int:
+        from psycopg2.extras import execute_values
+
+        rng, n, rows = w.rng, self.trial.run.batch, self._rows
+        values = [
+            (int(rng.random() * rows) + 1, int(rng.random() * 10001) - 5000) for _ in range(n)
+        ]
+        execute_values(
+            w.cur,
+            f"INSERT INTO {self.settings.table_prefix}inserts (aid, delta) VALUES %s",
+            values,
+            page_size=n,  # one statement, one transaction (autocommit)
+        )
+        return n
+
+    def _tpcb(self, w: _Worker) -> int:
+        """pgbench's built-in TPC-B-like script, one statement at a time."""
+        rng, cur, sql = w.rng, w.cur, self._sql
+        aid = int(rng.random() * self._rows) + 1
+        bid = int(rng.random() * self.branches) + 1
+        tid = int(rng.random() * self.tellers) + 1
+        delta = int(rng.random() * 10001) - 5000
+        cur.execute("BEGIN")
+        cur.execute(sql["bf_tpcb_account"], (delta, aid))
+        cur.execute(sql["bf_select"], (aid,))
+        cur.fetchone()
+        cur.execute(sql["bf_tpcb_teller"], (delta, tid))
+        cur.execute(sql["bf_tpcb_branch"], (delta, bid))
+        cur.execute(sql["bf_tpcb_history"], (tid, bid, aid, delta))
+        cur.execute("COMMIT")
+        return 1
 
     def _after_error(self, w: _Worker, exc: Exception) -> None:
         """Leave the connection usable (rolled back) or mark it for reconnection."""
@@ -609,12 +624,16 @@ class PostgresDriver(Driver):
     def __getstate__(self):
         # Client processes get the DSN, not the server object or open connections.
         state = dict(self.__dict__)
-        state.update(_server=None, _admin=None, _workers=[], _before=None)
+        state.update(_server=None, _admin=None, _workers=[], _before=None, _op=None)
         return state
+
+    def __setstate__(self, state) -> None:
+        self.__dict__.update(state)
+        self._op = getattr(self, f"_{self.settings.workload}")
 
 
 # -- statements -------------------------------------------------------------------------
-def _statements(p: str, range_rows: int) -> dict[str, tuple[str, list[str]]]:
+def _statements(p: str) -> dict[str, tuple[str, list[str]]]:
     """name -> (SQL with %s placeholders, parameter types for PREPARE)."""
     return {
         "bf_select": (f"SELECT abalance FROM {p}accounts WHERE aid = %s", ["int"]),
