@@ -161,7 +161,7 @@ class PostgresDriver(Driver):
             name: (f"EXECUTE {name} ({', '.join(['%s'] * len(types))})" if s.prepared else sql)
             for name, (sql, types) in self._statements.items()
         }
-        self._rows, self._range = s.rows, s.range_rows
+        self._n_rows, self._n_range = s.rows, s.range_rows
         self._op = getattr(self, f"_{s.workload}")
 
     # -- config ------------------------------------------------------------------
@@ -351,24 +351,24 @@ class PostgresDriver(Driver):
     # One method per workload, chosen once: the hot path does no dispatching.
     # Ids are drawn as int(random() * n) + 1 (uniform, and cheaper than randint).
     def _point_select(self, w: _Worker) -> int:
-        w.cur.execute(self._sql["bf_select"], (int(w.rng.random() * self._rows) + 1,))
+        w.cur.execute(self._sql["bf_select"], (int(w.rng.random() * self._n_rows) + 1,))
         w.cur.fetchone()
         return 1
 
     def _range(self, w: _Worker) -> int:
-        lo = int(w.rng.random() * (self._rows - self._range + 1)) + 1
-        w.cur.execute(self._sql["bf_range"], (lo, lo + self._range - 1))
+        lo = int(w.rng.random() * (self._n_rows - self._n_range + 1)) + 1
+        w.cur.execute(self._sql["bf_range"], (lo, lo + self._n_range - 1))
         return len(w.cur.fetchall())
 
     def _update(self, w: _Worker) -> int:
         rng = w.rng
-        aid = int(rng.random() * self._rows) + 1
+        aid = int(rng.random() * self._n_rows) + 1
         w.cur.execute(self._sql["bf_update"], (int(rng.random() * 10001) - 5000, aid))
         return 1
 
     def _insert(self, w: _Worker) -> int:
         rng = w.rng
-        aid = int(rng.random() * self._rows) + 1
+        aid = int(rng.random() * self._n_rows) + 1
         w.cur.execute(self._sql["bf_insert"], (aid, int(rng.random() * 10001) - 5000))
         return 1
 
@@ -380,7 +380,7 @@ class PostgresDriver(Driver):
     def _batch_insert(self, w: _Worker) -> int:
         from psycopg2.extras import execute_values
 
-        rng, n, rows = w.rng, self.trial.run.batch, self._rows
+        rng, n, rows = w.rng, self.trial.run.batch, self._n_rows
         values = [
             (int(rng.random() * rows) + 1, int(rng.random() * 10001) - 5000) for _ in range(n)
         ]
@@ -395,7 +395,7 @@ class PostgresDriver(Driver):
     def _tpcb(self, w: _Worker) -> int:
         """pgbench's built-in TPC-B-like script, one statement at a time."""
         rng, cur, sql = w.rng, w.cur, self._sql
-        aid = int(rng.random() * self._rows) + 1
+        aid = int(rng.random() * self._n_rows) + 1
         bid = int(rng.random() * self.branches) + 1
         tid = int(rng.random() * self.tellers) + 1
         delta = int(rng.random() * 10001) - 5000
