@@ -169,6 +169,14 @@ def _fileio(ws: Workspace) -> list[Row]:
 
             if not path.exists():
                 ws.trial(*o[:-3], "duration_s=1", "warmup_s=0")  # lays the file out once
+            if "write" in rw:
+                # Precondition (unmeasured): bring a virtual disk's write-back to its steady
+                # state, so that whichever side goes first does not get a fresh device.
+                subprocess.run(
+                    [*fio[:-4], "--runtime=8", "--output-format=terse"],
+                    capture_output=True,
+                    check=True,
+                )
             out += _pair(
                 label,
                 "IOPS" if key == "iops" else "MiB/s",

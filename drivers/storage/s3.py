@@ -285,8 +285,11 @@ class S3Driver(Driver):
             self.bucket = f"benchflow-{self.trial.trial_id[:16]}"
         try:
             if s.bucket is None or s.mode == "embedded":
+                kwargs: dict[str, Any] = {"Bucket": self.bucket}
+                if s.region != "us-east-1":  # AWS wants the region said outside us-east-1
+                    kwargs["CreateBucketConfiguration"] = {"LocationConstraint": s.region}
                 try:
-                    client.create_bucket(Bucket=self.bucket)
+                    client.create_bucket(**kwargs)
                     self._made_bucket = s.bucket is None
                 except Exception as exc:
                     if self.classify_error(exc) not in (
