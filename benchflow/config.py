@@ -409,8 +409,8 @@ def _from_hydra(exc: Exception, job: list[str], search: list[str] = ()) -> Confi
         key = m.group(1)
         value = next((o.split("=", 1)[1] for o in job if o.split("=", 1)[0] == key), _MISSING)
         parent = key.rsplit(".", 1)[0] if "." in key else ""
-        # The keys of the groups this job chose (service=x), not the defaults'.
-        groups = [o for o in job if "=" in o and "." not in o.split("=", 1)[0]]
+        # The keys of the config this job selected (service=..., tracking=...), not the defaults'.
+        groups = [o for o in job if re.fullmatch(r"[A-Za-z_][\w/]*=[^,\s]+", o)]
         allowed = _allowed_keys(parent, [*search, *groups])
         hint = ""
         if key.startswith("service."):  # a setting the driver has but the yaml does not list

@@ -170,6 +170,7 @@ def build(
     quality: dict,
     notes: list[str],
     rules,
+    invalid_reasons: list[str] = (),
 ) -> TrialResult:
     cfg = spec.cfg
     elapsed = rec.elapsed_s()
@@ -179,7 +180,7 @@ def build(
         rec.size_ok / elapsed if elapsed else 0.0, driver_cls.size_unit
     )
     ok_rate = rec.ok / elapsed if elapsed else 0.0
-    if driver_cls.throughput_basis == "size":
+    if driver_cls.headline(spec.service) == "size":
         throughput = Throughput(value=size_value, unit=size_unit)
     else:
         throughput = Throughput(value=ok_rate, unit="requests_per_s")
@@ -250,7 +251,7 @@ def build(
         validity=Validity(valid=True),
         notes="; ".join(notes) or None,
     )
-    result.validity = judge(result, rec, rules)
+    result.validity = judge(result, rec, rules, invalid_reasons)
     return result
 
 
@@ -260,9 +261,12 @@ def _monitor_summary(samples, window) -> dict[str, dict[str, float]]:
     return Monitor.summarize(samples, *window)
 
 
-def judge(result: TrialResult, rec: Recording, rules) -> Validity:
-    """The reasons a result should not be trusted (none: valid)."""
-    reasons = []
+def judge(result: TrialResult, rec: Recording, rules, driver_reasons=()) -> Validity:
+    """The reasons a result should not be trusted (none: valid).
+
+    ``driver_reasons`` are what the driver itself found (e.g. the SUT restarted).
+    """
+    reasons = list(driver_reasons)
     n = result.latency_ms.count
     if n < MIN_SAMPLES["p99"]:
         reasons.append(f"only {n} successful requests; p99 needs at least {MIN_SAMPLES['p99']}")
@@ -362,7 +366,7 @@ def write_result_files(
         **metrics_flat(result),
     }
     _write_csv(trial_dir / "metrics.csv", [flat])
-    by_size = driver_cls.throughput_basis == "size"
+    by_size = result.throughput.unit != "requests_per_s"
     rows = []
     for r in rec.per_second():
         rows.append(

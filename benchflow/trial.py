@@ -358,6 +358,7 @@ def _measure(spec: TrialSpec, trial_id: str, trial_dir: Path, meta: dict):
         quality=quality,
         notes=ctx.notes,
         rules=cfg.validity,
+        invalid_reasons=ctx.invalid_reasons,
     )
     results.write_result_files(trial_dir, res, rec, samples, rec.wall_start_s, spec.driver_cls)
     timings["result"] = time.perf_counter() - t

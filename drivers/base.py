@@ -124,6 +124,9 @@ class TrialContext:
     config_hash: str = ""  # identity of what is measured (equal for repetitions)
     repetition: int = 0
     target: str | None = None  # the ``target`` key as given (NAME@ALIAS, NAME/VERSION)
+    # Reasons the driver found to distrust the measurement (e.g. the SUT restarted
+    # during the window); any reason marks the trial invalid.
+    invalid_reasons: list[str] = field(default_factory=list)
 
     @property
     def logs_dir(self) -> Path:
@@ -250,6 +253,15 @@ class Driver(ABC):
     def __init__(self, settings: ServiceSettings, trial: TrialContext) -> None:
         self.settings = settings
         self.trial = trial
+
+    @classmethod
+    def headline(cls, settings: ServiceSettings) -> Literal["requests", "size"]:
+        """The headline throughput's basis for these settings (default: ``throughput_basis``).
+
+        A driver whose operations differ in kind (bytes moved by a GET, none by a
+        HEAD) overrides this to pick per configuration.
+        """
+        return cls.throughput_basis
 
     @classmethod
     def check(cls, settings: ServiceSettings, run: RunSettings) -> None:

@@ -24,6 +24,8 @@ pytest_plugins: list[str] = [
     "fixtures.benchmark_packages",
     "fixtures.chroma",
     "fixtures.milvus",
+    "fixtures.postgres",
+    "fixtures.s3",
 ]
 
 

@@ -1,0 +1,272 @@
+"""Storage drivers against the reference tools (issue: storage drivers), side by side in
+one run, on the same server, file or endpoint:
+
+- postgres select-only by primary key and TPC-B-like vs ``pgbench`` (same clients);
+- fileio sequential 1 MiB read/write and random 4 KiB read vs ``fio`` (same block
+  size, threads, file; psync engine, direct I/O on both);
+- s3 64 MiB PUT/GET vs a plain boto3 loop with the same concurrency and client config.
+
+The machine may be shared: each pair runs ``BENCH_ROUNDS`` times (default 2), reference
+and benchflow taking turns to go first, and the best of each is kept (other load only
+slows either down).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.common import Row, Workspace, check
+
+S = "storage"
+ORDER = 30
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+DURATION_S = 10
+WARMUP_S = 2
+PAUSE_S = 3  # between runs, for the system to settle
+MiB = 1 << 20
+
+
+def rows(ws: Workspace) -> list[Row]:
+    return [*_postgres(ws), *_fileio(ws), *_s3(ws)]
+
+
+def _pair(label: str, unit: str, target: float, reference, ours, ref_how: str, how: str):
+    """Alternate reference and benchflow ROUNDS times; rows for both and their ratio."""
+    ref_best = ours_best = 0.0
+    for r in range(ROUNDS):
+        # Whoever runs second can inherit the first one's backlog (a virtual disk's
+        # write-back, the server's checkpoints): the order alternates between rounds.
+        first, second = (reference, ours) if r % 2 == 0 else (ours, reference)
+        a = first()
+        time.sleep(PAUSE_S)
+        b = second()
+        time.sleep(PAUSE_S)
+        ref_best = max(ref_best, a if first is reference else b)
+        ours_best = max(ours_best, b if first is reference else a)
+    ratio = 100 * ours_best / ref_best if ref_best else None
+    return [
+        Row(S, f"{label}: reference", ref_best, unit, how=ref_how),
+        Row(S, f"{label}: benchflow", ours_best, unit, how=how),
+        Row(
+            S,
+            f"{label}: benchflow / reference",
+            ratio,
+            "%",
+            f">= {target:g}",
+            check(ratio, ">=", target),
+            how=how,
+        ),
+    ]
+
+
+# -- PostgreSQL vs pgbench ---------------------------------------------------------------
+def _postgres(ws: Workspace) -> list[Row]:
+    from benchflow.embedded import EmbeddedPostgres
+
+    out: list[Row] = []
+    clients = 4
+    with EmbeddedPostgres(settings={"shared_buffers": "256MB"}, name="bench-postgres") as pg:
+        env = {**os.environ, **pg.environ()}
+        subprocess.run(["pgbench", "-i", "-s", "1", "-q"], env=env, check=True, capture_output=True)
+        dsn = f"host={pg.host} port={pg.port} user={pg.user} dbname={pg.database}"
+
+        def pgbench(*args: str) -> float:
+            base = ["pgbench", "-n", "-c", str(clients), "-j", "2", *args]
+            subprocess.run([*base, "-T", str(WARMUP_S)], env=env, capture_output=True)  # warm-up
+            res = subprocess.run(
+                [*base, "-T", str(DURATION_S)], env=env, capture_output=True, text=True, check=True
+            )
+            return float(re.search(r"tps = ([\d.]+)", res.stdout).group(1))
+
+        for label, ref_args, workload, target in (
+            ("postgres select-only by primary key, 4 clients (TPS)", ["-S"], "point_select", 70),
+            ("postgres TPC-B-like, 4 clients (TPS)", [], "tpcb", 90),
+        ):
+            o = [
+                "service=postgres",
+                "service.mode=server",
+                f"service.dsn='{dsn}'",
+                "service.rows=100000",
+                f"service.workload={workload}",
+                f"concurrency={clients}",
+                f"duration_s={DURATION_S}",
+                f"warmup_s={WARMUP_S}",
+            ]
+            out += _pair(
+                label,
+                "tx/s",
+                target,
+                lambda a=ref_args: pgbench(*a),
+                lambda o=o: ws.trial(*o)[0]["throughput"]["value"],
+                f"pgbench -n -c {clients} -j 2 -T {DURATION_S} {' '.join(ref_args)} "
+                "(scale 1, same embedded server)",
+                ws.how(*o),
+            )
+    return out
+
+
+# -- fileio vs fio ---------------------------------------------------------------------
+def _fileio(ws: Workspace) -> list[Row]:
+    out: list[Row] = []
+    d = Path(tempfile.mkdtemp(prefix="benchflow-fio-", dir=ws.dir))
+    path = d / "bench.dat"
+    size_mb = 1024
+    try:
+        for label, rw, bs_kb, threads, target, key in (
+            ("fileio sequential 1 MiB read, direct, 1 thread (MiB/s)", "read", 1024, 1, 90, "bw"),
+            ("fileio sequential 1 MiB write, direct, 1 thread (MiB/s)", "write", 1024, 1, 90, "bw"),
+            ("fileio random 4 KiB read, direct, 4 threads (IOPS)", "randread", 4, 4, 50, "iops"),
+        ):
+            o = [
+                "service=fileio",
+                f"service.dir={d}",
+                "service.file_name=bench.dat",  # the same file fio reads
+                f"service.file_size_mb={size_mb}",
+                f"service.block_size_kb={bs_kb}",
+                f"service.pattern={'rand' if rw.startswith('rand') else 'seq'}",
+                f"service.op={'write' if 'write' in rw else 'read'}",
+                "service.direct=true",
+                f"concurrency={threads}",
+                f"duration_s={DURATION_S}",
+                f"warmup_s={WARMUP_S}",
+            ]
+            fio = [
+                "fio",
+                "--name=ref",
+                f"--filename={path}",
+                f"--rw={rw}",
+                f"--bs={bs_kb}k",
+                f"--size={size_mb}M",
+                f"--numjobs={threads}",
+                "--thread",
+                "--ioengine=psync",
+                "--direct=1",
+                "--time_based",
+                f"--runtime={DURATION_S}",
+                f"--ramp_time={WARMUP_S}",
+                "--group_reporting",
+                "--output-format=json",
+            ]
+
+            def reference(fio=fio, key=key, rw=rw) -> float:
+                res = subprocess.run(fio, capture_output=True, text=True, check=True)
+                job = json.loads(res.stdout)["jobs"][0]["write" if "write" in rw else "read"]
+                return job["iops"] if key == "iops" else job["bw_bytes"] / MiB
+
+            def ours(o=o, key=key) -> float:
+                m = ws.trial(*o)[0]
+                return (
+                    m["rates"]["ok_requests_per_s"] if key == "iops" else m["throughput"]["value"]
+                )
+
+            if not path.exists():
+                ws.trial(*o[:-3], "duration_s=1", "warmup_s=0")  # lays the file out once
+            if "write" in rw:
+                # Precondition (unmeasured): bring a virtual disk's write-back to its steady
+                # state, so that whichever side goes first does not get a fresh device.
+                subprocess.run(
+                    [*fio[:-4], "--runtime=8", "--output-format=terse"],
+                    capture_output=True,
+                    check=True,
+                )
+            out += _pair(
+                label,
+                "IOPS" if key == "iops" else "MiB/s",
+                target,
+                reference,
+                ours,
+                " ".join(fio[:-1]).replace(str(path), "FILE"),
+                ws.how(*o).replace(str(d), "DIR"),
+            )
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    return out
+
+
+# -- s3 vs a plain boto3 loop ---------------------------------------------------------------
+def _s3(ws: Workspace) -> list[Row]:
+
+    from benchflow.embedded import EmbeddedS3
+
+    out: list[Row] = []
+    size, threads = 64 * MiB, 4
+    # The client configuration benchflow's s3 driver uses by default, for both sides.
+    config = dict(
+        s3={"addressing_style": "path", "payload_signing_enabled": False},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        retries={"max_attempts": 0, "mode": "standard"},
+        max_pool_connections=10,
+    )
+    with EmbeddedS3(name="bench-s3") as s3:
+        s3.create_bucket("bench")
+        saved = dict(ws.env)
+        ws.env.update(s3.environ())  # mode=server trials read the keys from the environment
+        try:
+            body = os.urandom(size)
+            setup = s3.client(**config)
+            for t in range(threads):
+                for i in range(2):
+                    setup.put_object(Bucket="bench", Key=f"plain/{t}/{i}", Body=body)
+
+            def plain(op: str) -> float:
+                clients = [s3.client(**config) for _ in range(threads)]
+                moved = [0] * threads
+                stop = time.perf_counter() + WARMUP_S + DURATION_S
+                start = time.perf_counter() + WARMUP_S
+
+                def loop(t: int) -> None:
+                    c, i = clients[t], 0
+                    while (now := time.perf_counter()) < stop:
+                        key = f"plain/{t}/{i % 2}"
+                        if op == "put":
+                            c.put_object(Bucket="bench", Key=key, Body=body)
+                        else:
+                            c.get_object(Bucket="bench", Key=key)["Body"].read()
+                        if now >= start:
+                            moved[t] += size
+                        i += 1
+
+                ts = [threading.Thread(target=loop, args=(t,)) for t in range(threads)]
+                for t in ts:
+                    t.start()
+                for t in ts:
+                    t.join()
+                return sum(moved) / MiB / DURATION_S
+
+            for op in ("put", "get"):
+                o = [
+                    "service=s3",
+                    "service.mode=server",
+                    f"service.endpoint_url={s3.endpoint_url}",
+                    f"service.op={op}",
+                    "service.object_size=64MiB",
+                    "service.multipart_threshold=1GiB",  # one PUT per object, like the loop
+                    "service.objects=8",
+                    "service.verify_fraction=0",  # the loop does not verify either
+                    f"concurrency={threads}",
+                    f"duration_s={DURATION_S}",
+                    f"warmup_s={WARMUP_S}",
+                ]
+                out += _pair(
+                    f"s3 64 MiB {op.upper()}, {threads} threads (MiB/s)",
+                    "MiB/s",
+                    95,
+                    lambda op=op: plain(op),
+                    lambda o=o: ws.trial(*o)[0]["throughput"]["value"],
+                    f"boto3 loop: {threads} threads, each its own client, "
+                    f"{op}_object of 64 MiB (same client config), embedded rclone S3",
+                    ws.how(*o).replace(s3.endpoint_url, "ENDPOINT"),
+                )
+        finally:
+            ws.env.clear()
+            ws.env.update(saved)
+    return out
