@@ -185,6 +185,7 @@ class ServerProcess:
             self._restore_digest_env()
             raise ServerFailed(f"{name}: cannot start {self.cmd[0]!r}: {exc}") from None
         _RUNNING.add(self)
+        log.info("started %s (pid %d, process group %d)", name, self.proc.pid, self.proc.pid)
 
     @property
     def pid(self) -> int:

@@ -19,7 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 # Fixtures that start real servers, shared between test areas (tests/fixtures/<server>.py).
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["fixtures.llamacpp", "fixtures.pytriton"]
 
 
 def require(condition: bool, what: str) -> None:

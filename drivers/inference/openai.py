@@ -479,8 +479,8 @@ class OpenAIDriver(Driver):
             if isinstance(exc.os_error, ConnectionRefusedError):
                 return "connection_refused"
             return "connection_failed"
-        if isinstance(exc, aiohttp.ServerDisconnectedError | ConnectionResetError):
-            return "connection_lost"
+        if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError | OSError):
+            return "connection_lost"  # e.g. a reset on a keep-alive connection
         if isinstance(exc, aiohttp.ClientPayloadError):
             return "truncated"
         if isinstance(exc, aiohttp.ClientResponseError):

@@ -73,7 +73,8 @@ class GGUFTokenizer:
         self._llm = Llama(str(path), vocab_only=True, verbose=False)
 
     def encode(self, text: str) -> list[int]:
-        return self._llm.tokenize(text.encode(), add_bos=False, special=False)
+        # special=True: a special token streamed as text (<start_of_image>) counts as one.
+        return self._llm.tokenize(text.encode(), add_bos=False, special=True)
 
     def decode(self, ids: list[int]) -> str:
         return self._llm.detokenize(ids).decode(errors="replace")
