@@ -124,6 +124,14 @@ def image_digest(image: str) -> str | None:
     return digest
 
 
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 _RUNNING: set[ServerProcess] = set()
 
 
@@ -224,6 +232,11 @@ class ServerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
+        # Orphaned members are reaped by init, not by us: give it a moment, so that
+        # "stopped" means the whole group is gone when this returns.
+        deadline = time.monotonic() + 5
+        while _group_exists(self.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
         self._out.close()
         self._err.close()
         self._restore_digest_env()

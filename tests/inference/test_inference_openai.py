@@ -47,12 +47,25 @@ def launched_pid(tdir, name: str) -> int:
     return int(m.group(1))
 
 
-def group_gone(pid: int) -> bool:
+def group_gone(pgid: int, wait_s: float = 10) -> bool:
+    """No live process is left in the process group (zombies awaiting init count as gone)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        alive = [
+            p
+            for p in psutil.process_iter(["pid", "status"])
+            if _pgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE
+        ]
+        if not alive or time.monotonic() > deadline:
+            return not alive
+        time.sleep(0.1)
+
+
+def _pgid(pid: int) -> int | None:
     try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+        return os.getpgid(pid)
+    except OSError:
+        return None
 
 
 def test_streaming_completions_ttft_itl_tokens_and_mlflow(workdir, llamacpp_server):
