@@ -224,23 +224,6 @@ def test_batch_refused_where_the_server_takes_one_prompt(workdir):
     assert proc.returncode == 2 and "batch = 4" in proc.stderr and "prompt_lists" in proc.stderr
 
 
-def test_embedded_llamacpp_is_launched_logged_and_torn_down(workdir):
-    _, tdir, meta = one_trial(
-        workdir,
-        "service=llamacpp",
-        "service.max_tokens=4",
-        "service.prompts.count=20",
-        "requests=2",
-        "warmup_s=0",
-        *NO_MLFLOW,
-    )
-    assert meta["status"] == "finished", meta.get("error")
-    assert (tdir / "logs" / "llamacpp.err").stat().st_size > 0
-    m = workdir.metrics(tdir)
-    assert m["resource"]["scope"] == "sut_process"
-    assert group_gone(launched_pid(tdir, "llamacpp"))
-
-
 def test_server_that_never_becomes_ready_fails_cleanly(workdir):
     """llama.cpp needs more than 0.3 s to load: the trial fails (server_not_ready) in
     bounded time, and the launched process group is gone afterwards."""
@@ -302,11 +285,13 @@ def test_server_killed_mid_trial_counts_errors_and_invalidates(workdir, tmp_path
     assert any("error rate" in r for r in m["validity"]["reasons"])
 
 
-def test_container_launch_command_and_digest(workdir, tmp_path):
-    """Apptainer cannot be installed here: a STAND-IN ``apptainer`` on PATH records its
-    arguments and runs the command after the image. The trial must call
+def test_embedded_launch_in_a_container_command_digest_and_teardown(workdir, tmp_path):
+    """mode=embedded with an image. Apptainer cannot be installed here: a STAND-IN
+    ``apptainer`` on PATH records its arguments and runs the command after the image.
+    The trial must call
     ``apptainer exec -B DATA -B RESULTS IMAGE python -m llama_cpp.server ...`` and record
-    the image's sha256 as the trial's container digest."""
+    the image's sha256 as the trial's container digest; the server's logs are kept and
+    its process group is gone after the trial."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     argv_log = tmp_path / "apptainer.argv"
@@ -327,7 +312,7 @@ def test_container_launch_command_and_digest(workdir, tmp_path):
 
     digest = "sha256:" + hashlib.sha256(image.read_bytes()).hexdigest()
     workdir.env["PATH"] = f"{bindir}{os.pathsep}{workdir.env['PATH']}"
-    _, _tdir, meta = one_trial(
+    _, tdir, meta = one_trial(
         workdir,
         "service=llamacpp",
         f"service.container.image={image}",
@@ -345,3 +330,7 @@ def test_container_launch_command_and_digest(workdir, tmp_path):
     assert argv[6:9] == [argv[6], "-m", "llama_cpp.server"] and "--interrupt_requests" in argv
     assert "--nv" not in argv
     assert meta["lineage"]["container_digest"] == digest
+    # launched, logged and torn down like any embedded server
+    assert (tdir / "logs" / "llamacpp.err").stat().st_size > 0
+    assert workdir.metrics(tdir)["resource"]["scope"] == "sut_process"
+    assert group_gone(launched_pid(tdir, "llamacpp"))
