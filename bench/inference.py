@@ -6,7 +6,9 @@
   p50 within 10%;
 - ``openai`` driver vs a minimal raw streaming client (the ``openai`` package, one
   request at a time) on llama.cpp: TTFT and inter-token latency within 10%;
-- the harness's own CPU cost per streamed token, in µs (and the raw client's).
+- the same comparison on a calibration stream with known timing (bench/sse_server.py),
+  and the harness's own CPU cost per streamed token at full speed, in µs (and the
+  raw client's).
 """
 
 from __future__ import annotations
@@ -24,9 +26,6 @@ from bench.common import Row, Workspace, check
 S = "inference"
 ORDER = 40
 PA_VERSION = "2.47.0"
-LLAMA_REQUESTS = 12
-LLAMA_MAX_TOKENS = 24
-LLAMA_INPUT_TOKENS = 32
 
 
 def perf_analyzer() -> tuple[Path, dict[str, str]]:
@@ -146,8 +145,8 @@ def triton_rows(ws: Workspace) -> list[Row]:
     return out
 
 
-# -- llama.cpp: the openai driver vs the openai package ------------------------------
-def raw_openai(url: str, model: str, texts: list[str]) -> dict[str, list[float]]:
+# -- the openai driver vs the openai package ------------------------------------
+def raw_openai(url: str, model: str, texts: list[str], max_tokens: int) -> dict[str, list[float]]:
     """One request at a time with the `openai` package: TTFT, gaps, CPU time per token."""
     import openai
 
@@ -161,10 +160,10 @@ def raw_openai(url: str, model: str, texts: list[str]) -> dict[str, list[float]]
         stream = client.completions.create(
             model=model,
             prompt=text,
-            max_tokens=LLAMA_MAX_TOKENS,
+            max_tokens=max_tokens,
             stream=True,
             temperature=0.0,
-            extra_body={"min_tokens": LLAMA_MAX_TOKENS},
+            extra_body={"min_tokens": max_tokens},
         )
         for chunk in stream:
             now = time.perf_counter()
@@ -180,36 +179,67 @@ def raw_openai(url: str, model: str, texts: list[str]) -> dict[str, list[float]]
     return {"ttft": ttft, "itl": itl, "cpu_us_per_token": [cpu / tokens * 1e6]}
 
 
-def driver_cpu_per_token(url: str, gguf: Path, seed: int) -> float:
-    """The openai driver in this process, on the load engine: CPU µs per streamed token."""
+def driver_cpu_per_token(url: str, model: str, max_tokens: int, requests: int) -> float:
+    """The openai driver on the load engine, in this process: CPU µs per streamed token."""
     from benchflow.load.engine import Engine, Phase
     from drivers.base import RunSettings, TrialContext
     from drivers.inference.openai import OpenAIDriver, OpenAISettings
 
     s = OpenAISettings.model_validate(
         {
-            "name": "llamacpp",
+            "name": "stream",
             "driver": "openai",
             "mode": "server",
             "endpoint": url,
-            "model": "gemma-3-270m",
-            "tokenizer": str(gguf),
-            "max_tokens": LLAMA_MAX_TOKENS,
-            "ignore_eos_param": "min_tokens",
-            "prompt_lists": False,
-            "prompts": {"input_tokens": LLAMA_INPUT_TOKENS, "count": 50},
+            "model": model,
+            "tokenizer": None,
+            "max_tokens": max_tokens,
+            "prompts": {"input_tokens": 8, "count": 50},
         }
     )
     with tempfile.TemporaryDirectory() as tmp:
-        d = OpenAIDriver(
-            s, TrialContext("b", RunSettings(1, 1, 1, seed, None), Path(tmp), Path(tmp))
-        )
+        d = OpenAIDriver(s, TrialContext("b", RunSettings(1, 1, 1, 0, None), Path(tmp), Path(tmp)))
         d.setup()
         cpu0 = time.process_time()
-        (rec,) = Engine(d, 1).run([Phase("measure", 1, requests=LLAMA_REQUESTS)])
+        (rec,) = Engine(d, 1).run([Phase("measure", 1, requests=requests)])
         cpu = time.process_time() - cpu0
         d.teardown()
     return cpu / rec.size_ok * 1e6
+
+
+def compare_rows(ws, label, url, model, overrides, texts_for_round, max_tokens, rounds):
+    """Alternate the raw client and a driver trial (raw, trial, raw, trial, ...) so drift
+    on a shared machine hits both; TTFT and ITL p50 of each, compared."""
+    raw: dict[str, list[float]] = {"ttft": [], "itl": []}
+    ours: dict[str, list[float]] = {"ttft": [], "itl": []}
+    for rnd in range(rounds):
+        r = raw_openai(url, model, texts_for_round(rnd), max_tokens)
+        raw["ttft"] += r["ttft"]
+        raw["itl"] += r["itl"]
+        m, _, _ = ws.trial(*overrides, f"seed={rnd}")
+        ours["ttft"].append(m["distributions"]["ttft"]["p50"])
+        ours["itl"].append(m["distributions"]["itl"]["p50"])
+    how = (
+        f"{ws.how(*overrides)}  vs  openai.OpenAI().completions.create(stream=True), one at a time"
+    )
+    out = []
+    for key, name in (("ttft", "TTFT"), ("itl", "inter-token latency")):
+        ref = statistics.median(raw[key])
+        mine = statistics.median(ours[key])
+        diff = mine / ref - 1
+        out += [
+            Row(
+                S,
+                f"{label}: driver {name} p50 vs raw openai client's ({ref:.1f} ms)",
+                diff * 100,
+                "%",
+                "within ±10",
+                abs(diff) <= 0.10,
+                how,
+            ),
+            Row(S, f"  same: driver {name} p50", mine, "ms", how=how),
+        ]
+    return out
 
 
 def llama_rows(ws: Workspace) -> list[Row]:
@@ -217,7 +247,6 @@ def llama_rows(ws: Workspace) -> list[Row]:
     from drivers.base import RunSettings, TrialContext
     from drivers.inference import launchers, prompts
 
-    out: list[Row] = []
     data = Path(tempfile.mkdtemp(prefix="bench-llama-"))
     gguf = launchers.gguf_model(data)
     port = free_port()
@@ -230,73 +259,95 @@ def llama_rows(ws: Workspace) -> list[Row]:
         120,
     )
     tok = prompts.load_tokenizer(str(gguf))
+    n, out_tokens, in_tokens = 8, 24, 32
+    o = [
+        "service=llamacpp",
+        "service.mode=server",
+        f"service.endpoint={url}",
+        f"service.tokenizer={gguf}",
+        f"service.max_tokens={out_tokens}",
+        f"service.prompts.input_tokens={in_tokens}",
+        "service.prompts.count=100",
+        f"requests={n}",
+        "warmup_s=0",
+    ]
+
+    def texts(rnd: int) -> list[str]:
+        # Seeds apart from the driver's keep llama.cpp's prompt cache from helping either.
+        ps = prompts.synthetic(n, in_tokens, out_tokens, 0, 0, 100 + rnd, tok)
+        return [p.text for p in ps]
+
     try:
-        raw: dict[str, list[float]] = {"ttft": [], "itl": [], "cpu_us_per_token": []}
-        ours: dict[str, list[float]] = {"ttft": [], "itl": []}
-        o = [
-            "service=llamacpp",
-            "service.mode=server",
-            f"service.endpoint={url}",
-            f"service.tokenizer={gguf}",
-            f"service.max_tokens={LLAMA_MAX_TOKENS}",
-            f"service.prompts.input_tokens={LLAMA_INPUT_TOKENS}",
-            "service.prompts.count=100",
-            f"requests={LLAMA_REQUESTS}",
-            "warmup_s=0",
-        ]
-        # Alternate the two clients (raw, driver, raw, driver) so drift hits both;
-        # different seeds keep llama.cpp's prompt cache from helping either.
-        for rnd in range(2):
-            texts = [
-                p.text
-                for p in prompts.synthetic(
-                    LLAMA_REQUESTS, LLAMA_INPUT_TOKENS, LLAMA_MAX_TOKENS, 0, 0, 100 + rnd, tok
-                )
-            ]
-            r = raw_openai(url, "gemma-3-270m", texts)
-            for k in raw:
-                raw[k] += r[k]
-            m, _, _ = ws.trial(*o, f"seed={rnd}")
-            ours["ttft"].append(m["distributions"]["ttft"]["p50"])
-            ours["itl"].append(m["distributions"]["itl"]["p50"])
-        how = f"{ws.how(*o)}  vs  openai.OpenAI().completions.create(stream=True), one at a time"
-        for key, label in (("ttft", "TTFT"), ("itl", "inter-token latency")):
-            ref = statistics.median(raw[key])
-            mine = statistics.mean(ours[key])
-            diff = mine / ref - 1
-            out += [
-                Row(
-                    S,
-                    f"openai driver {label} p50 vs raw openai client ({ref:.1f} ms)",
-                    diff * 100,
-                    "%",
-                    "within ±10",
-                    abs(diff) <= 0.10,
-                    how,
-                ),
-                Row(S, f"  same: driver {label} p50", mine, "ms", how=how),
-            ]
-        drv = driver_cpu_per_token(url, gguf, seed=7)
-        out += [
-            Row(
-                S,
-                "harness CPU per streamed token (openai driver + engine, llama.cpp)",
-                drv,
-                "µs",
-                how="bench/inference.py: driver_cpu_per_token (time.process_time / tokens)",
-            ),
-            Row(
-                S,
-                "  same: raw openai client CPU per streamed token",
-                statistics.mean(raw["cpu_us_per_token"]),
-                "µs",
-                how="bench/inference.py: raw_openai",
-            ),
-        ]
+        return compare_rows(ws, "llama.cpp", url, "gemma-3-270m", o, texts, out_tokens, 3)
     finally:
         server.stop()
+
+
+def stream_rows(ws: Workspace) -> list[Row]:
+    """A calibration stream with known timing (bench/sse_server.py): both clients against
+    the truth, and their CPU cost per token at full speed."""
+    import sys
+
+    from benchflow.servers import ServerProcess, free_port, http_ready
+
+    out: list[Row] = []
+    logs = Path(tempfile.mkdtemp(prefix="bench-sse-"))
+    for ttft_ms, itl_ms in ((50.0, 10.0), (0.0, 0.0)):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "bench.sse_server", "--port", str(port)]
+        cmd += ["--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms)]
+        server = ServerProcess("sse", cmd, logs, cwd=Path(__file__).resolve().parents[1])
+        try:
+            server.wait_ready(lambda p=port: http_ready("127.0.0.1", p, "/v1/models"), 30)
+            if itl_ms:
+                o = [
+                    "service=vllm",
+                    "service.mode=server",
+                    f"service.endpoint={url}",
+                    "service.model=synthetic",
+                    "service.tokenizer=null",
+                    "service.metrics=false",
+                    "service.max_tokens=32",
+                    "requests=20",
+                    "warmup_s=0",
+                ]
+                label = f"calibration stream (TTFT {ttft_ms:g} ms, ITL {itl_ms:g} ms)"
+                out += compare_rows(
+                    ws,
+                    label,
+                    url,
+                    "synthetic",
+                    o,
+                    lambda r: [f"p{r} {i}" for i in range(20)],
+                    32,
+                    2,
+                )
+            else:
+                tokens, n = 512, 20
+                drv = driver_cpu_per_token(url, "synthetic", tokens, n)
+                raw = raw_openai(url, "synthetic", [f"p {i}" for i in range(n)], tokens)
+                how = f"bench/inference.py: {n} requests x {tokens} tokens, streamed at full speed"
+                out += [
+                    Row(
+                        S,
+                        "harness CPU per streamed token (openai driver + load engine)",
+                        drv,
+                        "µs",
+                        how=how,
+                    ),
+                    Row(
+                        S,
+                        "  same: raw openai client CPU per streamed token",
+                        raw["cpu_us_per_token"][0],
+                        "µs",
+                        how=how,
+                    ),
+                ]
+        finally:
+            server.stop()
     return out
 
 
 def rows(ws: Workspace) -> list[Row]:
-    return triton_rows(ws) + llama_rows(ws)
+    return triton_rows(ws) + stream_rows(ws) + llama_rows(ws)
