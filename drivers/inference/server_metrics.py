@@ -31,8 +31,8 @@ def scrape(url: str, prefix: str, timeout_s: float = 5.0) -> dict[str, tuple[str
         if not fam.name.startswith(prefix):
             continue
         for s in fam.samples:
-            if fam.type == "counter" and not s.name.endswith("_total"):
-                continue  # _created timestamps
+            if fam.type == "counter" and s.name.endswith("_created"):
+                continue  # a timestamp, not a count
             if fam.type in ("histogram", "summary") and not s.name.endswith(("_sum", "_count")):
                 continue
             sums[s.name] += s.value

@@ -139,3 +139,24 @@ def test_triton_that_never_becomes_ready_fails_cleanly(workdir):
     )
     assert proc.returncode == 1 and meta["error"]["class"] == "server_not_ready"
     assert group_gone(launched_pid(tdir, "pytriton"))
+
+
+def test_prometheus_metrics_differenced_over_a_window(pytriton_server):
+    """The /metrics watcher the vllm recipe uses, on a real Prometheus endpoint
+    (Triton's): counters differenced over the window, gauges summarised."""
+    import tritonclient.http as th
+
+    from drivers.inference.server_metrics import MetricsWatch
+
+    watch = MetricsWatch(f"http://{pytriton_server.metrics}/metrics", "nv_", interval_s=0.2)
+    watch.start()
+    client = th.InferenceServerClient(pytriton_server.http)
+    x = th.InferInput("x", [1, 64], "FP32")
+    x.set_data_from_numpy(np.ones((1, 64), np.float32))
+    for _ in range(7):
+        client.infer("matmul", [x])
+    client.close()
+    out = watch.stop()
+    assert watch.failures == 0
+    assert out["server.inference_request_success_total.delta"] == 7
+    assert out["server.inference_count_total.delta"] == 7
