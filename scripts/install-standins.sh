@@ -24,7 +24,8 @@ if ! "$PY" -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_
   wheel=$(ls "$CACHE"/wheels/llama_cpp_python-"$LLAMA_VERSION"-*.whl 2>/dev/null | head -1 || true)
   if [ -z "$wheel" ]; then
     echo "building llama-cpp-python $LLAMA_VERSION (portable CPU flags; about 5 minutes)..."
-    FORCE_CMAKE=1 "$PY" -m pip wheel -q --no-deps --no-binary llama-cpp-python \
+    # --no-cache-dir: a wheel pip cached from a native build must not stand in for this one.
+    FORCE_CMAKE=1 "$PY" -m pip wheel -q --no-cache-dir --no-deps --no-binary llama-cpp-python \
       "llama-cpp-python==$LLAMA_VERSION" -w "$CACHE/wheels"
     wheel=$(ls "$CACHE"/wheels/llama_cpp_python-"$LLAMA_VERSION"-*.whl | head -1)
   fi
