@@ -3,7 +3,7 @@ PY ?= python3
 PIP ?= $(PY) -m pip
 MAIN_JOB = -m scenario=quickstart service=faiss,fileio concurrency=1,4 duration_s=10 warmup_s=2
 
-.PHONY: install deps-system deps-test run test test-fast bench lint ui clean
+.PHONY: install deps-system deps-standins deps-test run test test-fast bench lint ui clean containers
 
 install:            ## benchflow with every driver family
 	$(PIP) install -q -e '.[all]'
@@ -11,8 +11,11 @@ install:            ## benchflow with every driver family
 deps-system:        ## servers and tools the tests run for real (Debian packages)
 	./scripts/install-system-deps.sh
 
-deps-test: deps-system
-	$(PIP) install -q -e '.[all,dev]'
+deps-standins:      ## CPU stand-ins for vLLM and Triton (llama.cpp, PyTriton), perf_analyzer
+	PY=$(PY) ./scripts/install-standins.sh
+
+deps-test: deps-system deps-standins
+	$(PIP) install -q -e '.[all,dev,standins]'
 
 run:                ## installs the core and runs the main job: a short sweep over embedded services
 	$(PIP) install -q -e .
@@ -24,8 +27,11 @@ test: deps-test     ## the whole test suite, against real servers
 test-fast:          ## the suite without reinstalling anything
 	$(PY) -m pytest -q -ra -x
 
-bench: install      ## measured figures, one table (bench/out/results.md)
+bench: install deps-standins  ## measured figures, one table (bench/out/results.md)
 	$(PY) -m bench
+
+containers:         ## Apptainer images of vLLM and Triton (a login-node step; containers/*.sif)
+	./containers/build.sh
 
 lint:
 	ruff check . && ruff format --check .

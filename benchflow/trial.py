@@ -291,6 +291,11 @@ def _measure(spec: TrialSpec, trial_id: str, trial_dir: Path, meta: dict):
     try:
         driver.setup()
         timings["setup"] = time.perf_counter() - t
+        # A SUT launched from a container image exports its digest (benchflow.servers).
+        digest = os.environ.get(lineage.CONTAINER_DIGEST_ENV)
+        if digest and meta["lineage"].get("container_digest") != digest:
+            meta["lineage"]["container_digest"] = digest
+            results.write_json(trial_dir / "meta.json", meta)
         sut_pids = driver.sut_pids()
         monitor = Monitor(
             cfg.monitor.interval_s,
@@ -321,6 +326,7 @@ def _measure(spec: TrialSpec, trial_id: str, trial_dir: Path, meta: dict):
         timings["load"] = time.perf_counter() - t
         rec = recs[-1]
         ctx.extra.update(driver.measure_end())
+        ctx.extra.update(driver.summarize(rec))
         samples = monitor.stop()
         t = time.perf_counter()
         quality = spec.driver_cls.check_outputs(driver.quality())

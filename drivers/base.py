@@ -7,6 +7,7 @@ A driver is the client that loads one kind of SUT. The harness calls, in order:
 ``open_worker(w)``         per worker: a connection, a session, a file handle
 ``operation(ctx)``         one request; sync or ``async def``; returns its size
 ``measure_start()`` / ``measure_end()``   around the measured window: server counters
+``summarize(recording)``   figures derived from the merged measured recording (goodput)
 ``quality()``              figures of merit such as recall@k, after the load
 ``teardown()``             always, whatever happened
 
@@ -304,6 +305,11 @@ class Driver(ABC):
 
     def measure_end(self) -> dict[str, float]:
         """Called just after it; figures returned land in the result's ``extra`` block."""
+        return {}
+
+    def summarize(self, recording) -> dict[str, float]:
+        """Figures derived from the measured phase's merged :class:`Recording` (all client
+        processes), e.g. a rate of the requests that met an SLO; they land in ``extra``."""
         return {}
 
     def quality(self) -> dict[str, float]:

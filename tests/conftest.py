@@ -26,6 +26,8 @@ pytest_plugins: list[str] = [
     "fixtures.milvus",
     "fixtures.postgres",
     "fixtures.s3",
+    "fixtures.llamacpp",
+    "fixtures.pytriton",
 ]
 
 

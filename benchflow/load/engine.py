@@ -43,13 +43,16 @@ _SELECT_MAX_WORKERS = 512
 class RequestContext:
     """Handed to every ``operation`` call; one per worker, reused between requests."""
 
-    __slots__ = ("_buf", "first_byte_ns", "seq", "state", "worker")
+    __slots__ = ("_buf", "first_byte_ns", "intended_ns", "seq", "state", "worker")
 
     def __init__(self, worker: int, state: Any, buf) -> None:
         self.worker = worker
         self.state = state  # whatever the driver's open_worker() returned
         self.seq = 0  # the request's index in its phase (per worker in closed loop)
         self.first_byte_ns = 0
+        # When the request was meant to start (perf_counter_ns); equals its start in
+        # closed loop. Drivers judging user-facing SLOs measure from here.
+        self.intended_ns = 0
         self._buf = buf
 
     def first_byte(self) -> None:
@@ -163,6 +166,7 @@ class Engine:
                         return
                     ctx.seq = n
                 ctx.first_byte_ns = 0
+                ctx.intended_ns = intended
                 inflight[w] = start
                 try:
                     size = op(ctx)
@@ -236,6 +240,7 @@ class Engine:
         async def one(w: int, intended: int, seq: int) -> None:
             ctx, buf = ctxs[w], bufs[w]
             ctx.first_byte_ns = 0
+            ctx.intended_ns = intended
             ctx.seq = seq
             start = inflight[w] = pc()
             try:
