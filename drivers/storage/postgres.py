@@ -103,7 +103,7 @@ class PostgresSettings(ServiceSettings):
     range_rows: int = Field(100, ge=1, description="rows per range lookup")
     read_ratio: float = Field(0.9, ge=0, le=1, description="mix: share of point selects")
     prepared: bool = Field(False, description="server-side prepared statements")
-    isolation: Literal["read_committed", "repeatable_read", "serializable"] = "read_committed"
+    isolation_level: Literal["read_committed", "repeatable_read", "serializable"] = "read_committed"
     statement_timeout_ms: int = Field(30_000, ge=0, description="0: none")
     connect_timeout_s: int = Field(10, ge=1)
     dsn: str | None = Field(None, description="mode=server: libpq DSN or URL, no password")
@@ -302,7 +302,7 @@ class PostgresDriver(Driver):
         timeout_ms = int(s.statement_timeout_ms) if role == "worker" else 0
         with conn.cursor() as cur:
             cur.execute(f"SET statement_timeout = {timeout_ms}")
-            cur.execute("SET default_transaction_isolation = %s", (s.isolation.replace("_", " "),))
+            cur.execute("SET default_transaction_isolation = %s", (s.isolation_level.replace("_", " "),))
         return conn
 
     def _where(self) -> str:
