@@ -302,7 +302,8 @@ class PostgresDriver(Driver):
         timeout_ms = int(s.statement_timeout_ms) if role == "worker" else 0
         with conn.cursor() as cur:
             cur.execute(f"SET statement_timeout = {timeout_ms}")
-            cur.execute("SET default_transaction_isolation = %s", (s.isolation_level.replace("_", " "),))
+            level = s.isolation_level.replace("_", " ")
+            cur.execute("SET default_transaction_isolation = %s", (level,))
         return conn
 
     def _where(self) -> str:
