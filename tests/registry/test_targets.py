@@ -68,7 +68,8 @@ def test_a_bad_spec_and_overriding_a_target_key_are_config_errors(lab, monkeypat
         compose_trials([f"target={t.label}", *TRIAL], multirun=False)
     assert "service.service_ms = -1" in str(err.value)
     assert "set by target sleepy-bad/1" in str(err.value)
-    with pytest.raises(ConfigError, match="service = 'noop': set by target sleepy/1"):
+    other = "service = 'noop': target sleepy/1 runs on service 'sleep'"
+    with pytest.raises(ConfigError, match=other):
         compose_trials(["target=sleepy/1", "service=noop", *TRIAL], multirun=False)
     with pytest.raises(registry.TargetError, match="unknown key"):
         registry.register("sleepy-bad", "servce: sleep\n", client=client(lab))
