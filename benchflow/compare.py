@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from benchflow.config import conf_dir, workload_hash
+from benchflow.config import NON_IDENTITY, conf_dir, workload_hash
 from benchflow.load.histogram import LogHistogram
 
 BETTER, WORSE, SAME, NO_DATA = "better", "worse", "no significant change", "not enough data"
@@ -524,19 +524,7 @@ def fmt_ci(r: Row) -> str:
 
 
 def _config_labels(params_by_key: dict[str, dict[str, str]], ignore: list[str]) -> dict[str, str]:
-    skip = (
-        "tracking",
-        "results_dir",
-        "data_dir",
-        "repetitions",
-        "scenario",
-        "progress",
-        "monitor",
-        "validity",
-        "stall_timeout_s",
-        "target",
-        *ignore,
-    )
+    skip = (*NON_IDENTITY, "target", *ignore)
     keep = {
         k: {
             kk: v for kk, v in p.items() if not any(kk == s or kk.startswith(s + ".") for s in skip)
@@ -632,19 +620,7 @@ def _sample(runs: list[RunRecord], metric: str, results_dir: Path | None) -> Sam
 def _no_match(base: Selection, cand: Selection, gb: dict, gc: dict, ignored: list[str]) -> str:
     pb = next(iter(gb.values()))[0].params
     pc = next(iter(gc.values()))[0].params
-    skip = (
-        "tracking",
-        "results_dir",
-        "data_dir",
-        "repetitions",
-        "scenario",
-        "progress",
-        "monitor",
-        "validity",
-        "stall_timeout_s",
-        "target",
-        *ignored,
-    )
+    skip = (*NON_IDENTITY, "target", *ignored)
     diff = sorted(
         k
         for k in set(pb) | set(pc)
