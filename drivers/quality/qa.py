@@ -188,7 +188,7 @@ class QADriver(Driver):
 
     def __init__(self, settings: QASettings, trial) -> None:
         super().__init__(settings, trial)
-        self.log: ItemLog | None = None
+        self.answered: ItemLog | None = None
         self.judged: ItemLog | None = None
         self.failed: dict[str, str] = {}  # item id -> error class (this trial)
         self.retries: Counter[str] = Counter()
@@ -219,10 +219,10 @@ class QADriver(Driver):
             self.tokenizer = load_tokenizer(s.tokenizer)
         state = self.trial.state_dir
         _same_dataset(state / "dataset.sha256", provenance["sha256"])
-        self.log = ItemLog(state / "answers.jsonl")
+        self.answered = ItemLog(state / "answers.jsonl")
         if s.scoring == "judge":
             self.judged = ItemLog(state / "judgements.jsonl")
-        done = self.log.done()
+        done = self.answered.done()
         self.todo = [it for it in self.items if it.id not in done]
         custom = self.trial.custom
         custom["dataset"] = provenance
@@ -275,6 +275,7 @@ class QADriver(Driver):
 
     def measure_start(self) -> None:
         self.cursor = itertools.count()
+        self.retries.clear()  # warm-up retries are not the evaluation's
         self.measuring = True
 
     async def operation(self, ctx) -> int:
@@ -292,7 +293,7 @@ class QADriver(Driver):
             self.failed[item.id] = exc.code
             raise
         n_in, n_out, method = self._tokens(reply, _prompt_text(request.body))
-        self.log.record(
+        self.answered.record(
             item.id,
             {
                 "answer": reply.text,
@@ -324,7 +325,7 @@ class QADriver(Driver):
     # -- scoring ------------------------------------------------------------------------
     def quality(self) -> dict[str, float]:
         s = self.settings
-        answers = self.log.done()
+        answers = self.answered.done()
         judge_failed: dict[str, str] = {}
         if s.scoring == "judge":
             judge_failed = self._judge_pass(answers)
@@ -425,7 +426,7 @@ class QADriver(Driver):
             {"tokens.prompt": p, "tokens.completion": c, "cost.target": s.prices.cost(p, c)}
         )
         total = extra["cost.target"]
-        methods = Counter(a["tokens_from"] for a in self.log.done().values())
+        methods = Counter(a["tokens_from"] for a in self.answered.done().values())
         if self.judged is not None:
             jp = sum(j.get("prompt_tokens", 0) for j in judgements.values())
             jc = sum(j.get("completion_tokens", 0) for j in judgements.values())
@@ -523,7 +524,7 @@ class QADriver(Driver):
             await asyncio.gather(*(one(session, it) for it in todo))
 
     def teardown(self) -> None:
-        for item_log in (self.log, self.judged):
+        for item_log in (self.answered, self.judged):
             if item_log is not None:
                 item_log.close()
 
