@@ -4,7 +4,8 @@ time, what scoring a set costs (EM, F1, bootstrap intervals), and whether
 questions are asked in parallel at ``concurrency`` > 1.
 
 The endpoint is the calibration server of ``bench/sse_server.py`` (no model):
-each non-streamed completion of one token takes 20 ms."""
+each non-streamed completion of one token takes 20 ms. Then the CPU stand-in,
+Gemma 3 270M on llama.cpp, answers the shipped set: what a small model scores."""
 
 from __future__ import annotations
 
@@ -59,6 +60,54 @@ def _raw_p50_ms(url: str, n: int) -> float:
 
 
 def rows(ws: Workspace) -> list[Row]:
+    return calibration_rows(ws) + llamacpp_rows(ws)
+
+
+def llamacpp_rows(ws: Workspace) -> list[Row]:
+    """What the CPU stand-in (Gemma 3 270M on llama.cpp) scores on the shipped set."""
+    from benchflow.servers import free_port, http_ready
+    from drivers.base import RunSettings, TrialContext
+    from drivers.inference import launchers
+
+    data = Path(tempfile.mkdtemp(prefix="bench-qa-llama-"))
+    gguf = launchers.gguf_model(data)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    trial = TrialContext("bench", RunSettings(1, 1, 1, 0, None), data, data)
+    server = launchers.start(
+        launchers.llamacpp(gguf, "gemma-3-270m", "127.0.0.1", port, {}),
+        trial,
+        lambda: http_ready("127.0.0.1", port, "/v1/models"),
+        120,
+    )
+    o = [
+        "service=qa",
+        f"service.endpoint={url}",
+        "service.model=gemma-3-270m",
+        "service.api=completions",
+        "service.max_tokens=8",
+        "warmup_s=0",
+        "tracking.upload=false",
+    ]
+    try:
+        m, _, _ = ws.trial(*o, f"data_dir={data}")
+    finally:
+        server.stop()
+    q = m["quality"]
+    how = ws.how(*o).replace(url, "http://LLAMACPP:PORT")
+    label = "qa: Gemma 3 270M (llama.cpp, completions, few-shot) on the shipped set"
+    out = [
+        Row(S, f"{label}: exact-match accuracy", q["accuracy"], "", how=how),
+        Row(S, f"{label}: 95% bootstrap CI, low", q["accuracy_ci_low"], "", how=how),
+        Row(S, f"{label}: 95% bootstrap CI, high", q["accuracy_ci_high"], "", how=how),
+    ]
+    for cat in CATEGORIES:
+        out.append(Row(S, f"{label}: {cat}", q[f"category.{cat}.accuracy"], "", how=how))
+    out.append(Row(S, f"{label}: p50 latency per question", m["latency_ms"]["p50"], "ms", how=how))
+    return out
+
+
+def calibration_rows(ws: Workspace) -> list[Row]:
     from benchflow.servers import ServerProcess, free_port, http_ready
 
     port = free_port()

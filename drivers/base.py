@@ -280,6 +280,15 @@ class Driver(ABC):
                 "clients", run.clients, f"{cls.name} runs inside the harness process; use clients=1"
             )
 
+    @classmethod  # noqa: B027 - optional hook
+    def check_target(cls, settings: ServiceSettings) -> None:
+        """Refuse a missing or malformed target (``target_fields``), with :class:`ConfigRefused`.
+
+        Called for every trial, after :meth:`check`, but not when a benchmark
+        definition is registered: the target is chosen when it runs. So a target
+        without a default belongs here, not in ``check``. No I/O.
+        """
+
     @classmethod
     def server_recipe(cls, settings: ServiceSettings, host: str, port: int) -> ServerRecipe | None:
         """The SUT as a standalone server on ``host:port`` (None: it has no server form).

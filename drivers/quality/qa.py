@@ -162,9 +162,6 @@ class QADriver(Driver):
     def check(cls, settings: QASettings, run) -> None:
         super().check(settings, run)
         s = settings
-        _check_endpoint("service.endpoint", s.endpoint, "the target's http://host:port")
-        if not s.model:
-            raise ConfigRefused("service.model", s.model, "the model name the endpoint serves")
         if s.dataset != "shipped" and not Path(s.dataset).expanduser().is_file():
             raise ConfigRefused(
                 "service.dataset",
@@ -174,7 +171,9 @@ class QADriver(Driver):
         if s.api == "completions" and (problem := prompt.template_problem(s.template)):
             raise ConfigRefused("service.template", s.template, problem)
         if s.scoring == "judge":
-            _check_endpoint("service.judge.endpoint", s.judge.endpoint, "scoring=judge needs one")
+            _check_endpoint(
+                "service.judge.endpoint", s.judge.endpoint, "scoring=judge needs http://host:port"
+            )
             if not s.judge.model:
                 raise ConfigRefused(
                     "service.judge.model", s.judge.model, "scoring=judge needs the judge's model"
@@ -185,6 +184,13 @@ class QADriver(Driver):
         ):
             if env and env not in os.environ:
                 raise ConfigRefused(key, env, "no such environment variable is set")
+
+    @classmethod
+    def check_target(cls, settings: QASettings) -> None:
+        hint = "the target; or target=NAME@ALIAS (a registered target)"
+        _check_endpoint("service.endpoint", settings.endpoint, f"{hint}: http://host:port")
+        if not settings.model:
+            raise ConfigRefused("service.model", settings.model, f"{hint}: the model it serves")
 
     def __init__(self, settings: QASettings, trial) -> None:
         super().__init__(settings, trial)
@@ -531,7 +537,7 @@ class QADriver(Driver):
 
 def _check_endpoint(key: str, value: str | None, what: str) -> None:
     if not value or not value.startswith(("http://", "https://")):
-        raise ConfigRefused(key, value, f"{what} (http://host:port)")
+        raise ConfigRefused(key, value, what)
 
 
 def _auth(env: str | None) -> dict[str, str]:

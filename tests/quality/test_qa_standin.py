@@ -240,3 +240,16 @@ def test_a_missing_file_is_refused_before_anything_starts(workdir, standin):
     assert proc.returncode == 2
     assert f"service.dataset = '{missing}': no such file" in proc.stdout + proc.stderr
     assert not (workdir.results / "adhoc").exists()
+
+
+def test_the_target_is_needed_to_run_but_not_to_register_the_benchmark(workdir):
+    """The target (endpoint + model) is chosen per run: a trial without it is refused
+    (exit 2), a benchmark definition without it is registered."""
+    proc = workdir.run("service=qa", "service.model=m")
+    assert proc.returncode == 2
+    assert "service.endpoint = None: the target; or target=NAME@ALIAS" in proc.stdout + proc.stderr
+    proc = workdir.run("benchmarks", "register", "qa-smoke", "-s", "qa", "service.max_tokens=8")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "registered qa-smoke (revision 1, parameterised benchmark of qa" in proc.stdout
+    proc = workdir.run("benchmarks", "register", "qa-x", "-s", "qa", "service.endpoint=http://h:1")
+    assert proc.returncode == 2 and "the target varies between runs" in proc.stdout + proc.stderr
