@@ -112,7 +112,9 @@ def define(
                 f"--experiment-version {experiment_version!r}: not a PEP 440 specifier "
                 "(e.g. '>=0.1,<0.2')"
             ) from None
-    (spec,) = compose_trials([f"service={service}", *overrides], False, config_dir)
+    (spec,) = compose_trials(
+        [f"service={service}", *overrides], False, config_dir, open_target=True
+    )
     cls = spec.driver_cls
     info = discovery.info(spec.service.driver)
     workload: dict[str, str] = {}

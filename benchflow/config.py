@@ -157,11 +157,15 @@ class TrialSpec:
 
 
 # -- validation -------------------------------------------------------------------
-def validate(cfg: DictConfig | dict, overrides: tuple[str, ...] = ()) -> TrialSpec:
+def validate(
+    cfg: DictConfig | dict, overrides: tuple[str, ...] = (), open_target: bool = False
+) -> TrialSpec:
     """Validate a composed config; raises :class:`ConfigError`.
 
     A ``target`` (``NAME@ALIAS`` or ``NAME/VERSION``) is resolved in the registry
     first and its spec merged in, so the merged config is what gets validated.
+    ``open_target``: a benchmark definition, whose target is chosen when it runs
+    (the driver's ``check_target`` is skipped).
     """
     target = None
     if (cfg.get("target") if isinstance(cfg, dict | DictConfig) else None) is not None:
@@ -170,7 +174,7 @@ def validate(cfg: DictConfig | dict, overrides: tuple[str, ...] = ()) -> TrialSp
         base = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
         cfg, target = apply_target(base, overrides)
     try:
-        return _validate(cfg, overrides, target)
+        return _validate(cfg, overrides, target, open_target)
     except ConfigError as exc:
         owned = target.spec.keys() if target else []
         if any(exc.key == p or exc.key.startswith(p + ".") for p in owned):
@@ -179,7 +183,9 @@ def validate(cfg: DictConfig | dict, overrides: tuple[str, ...] = ()) -> TrialSp
         raise
 
 
-def _validate(cfg: DictConfig | dict, overrides: tuple[str, ...], target: Any) -> TrialSpec:
+def _validate(
+    cfg: DictConfig | dict, overrides: tuple[str, ...], target: Any, open_target: bool = False
+) -> TrialSpec:
     from drivers import discovery
 
     if isinstance(cfg, DictConfig):
@@ -212,6 +218,8 @@ def _validate(cfg: DictConfig | dict, overrides: tuple[str, ...], target: Any) -
     spec = TrialSpec(bench, service, driver_cls, resolved, tuple(overrides), target)
     try:
         driver_cls.check(service, spec.run_settings)
+        if not open_target:
+            driver_cls.check_target(service)
         check_needs(service.resources, needs_declared(driver_cls, bench.service), bench.limits)
     except ConfigRefused as exc:
         raise ConfigError(exc.key, exc.value, exc.allowed) from None
@@ -375,15 +383,22 @@ PREVALIDATED: dict[tuple[str, ...], TrialSpec] = {}
 
 
 def compose_trials(
-    overrides: list[str], multirun: bool, extra_config_dir: str | None = None
+    overrides: list[str],
+    multirun: bool,
+    extra_config_dir: str | None = None,
+    open_target: bool = False,
 ) -> list[TrialSpec]:
-    """Compose and validate every trial an invocation would run, before any starts."""
+    """Compose and validate every trial an invocation would run, before any starts.
+
+    ``open_target``: validate a benchmark definition, whose target is chosen later.
+    """
     jobs = sweep_jobs(overrides, multirun)
     specs = []
     with composing(extra_config_dir) as composer:
         for job in jobs:
-            spec = validate(composer.compose(job), tuple(job))
-            PREVALIDATED[tuple(job)] = spec
+            spec = validate(composer.compose(job), tuple(job), open_target)
+            if not open_target:  # only what can run is reused by the launchers
+                PREVALIDATED[tuple(job)] = spec
             specs.append(spec)
     if specs:
         caps = [s.cfg.limits for s in specs if s.cfg.limits.sweep.max_trials is not None]

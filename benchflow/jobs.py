@@ -147,6 +147,9 @@ def _report(spec, outcomes: list[TrialOutcome]) -> None:
                 f"{spec.service.name}: {o.throughput:.6g} {o.throughput_unit}, p99 {p99}"
                 f"{'' if o.valid else '  (INVALID: see metrics.json validity)'}"
             )
+            if o.quality:  # the first figures of merit (all of them are in metrics.json)
+                shown = list(o.quality.items())[:6]
+                print("  quality: " + ", ".join(f"{k} {v:.4g}" for k, v in shown))
         elif o.error_kind == "unexpected":
             print(
                 f"{spec.service.name}: FAILED, unexpected {o.error_class}: {o.error_message}\n"

@@ -34,8 +34,9 @@ from benchflow.monitor import FIELDS, Sample
 SCHEMA_VERSION = 1
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0, "p999": 99.9}
 # The fewest successful requests for which a percentile is meaningful: it needs at
-# least one sample above it. p99.9 is left out (null) below its minimum; the
-# trial is invalid when it cannot report p99.
+# least one sample above it. A percentile is left out (null) below its minimum; a
+# trial of a load driver is invalid when it cannot report p99 (a driver whose
+# headline is quality gets a note instead: Driver.headline_figures).
 MIN_SAMPLES = {"p50": 2, "p90": 10, "p95": 20, "p99": 100, "p999": 1000}
 
 
@@ -251,7 +252,19 @@ def build(
         validity=Validity(valid=True),
         notes="; ".join(notes) or None,
     )
-    result.validity = judge(result, rec, rules, invalid_reasons)
+    quality_headline = getattr(driver_cls, "headline_figures", "load") == "quality"
+    result.validity = judge(
+        result, rec, rules, invalid_reasons, few_samples_invalid=not quality_headline
+    )
+    shortfall = too_few_samples(result.latency_ms.count)
+    if quality_headline and shortfall:
+        result.notes = "; ".join(
+            [
+                *notes,
+                f"{shortfall}: latency percentiles without enough samples are null "
+                "(not a reason for invalidity: this driver's headline is quality)",
+            ]
+        )
     return result
 
 
@@ -261,15 +274,26 @@ def _monitor_summary(samples, window) -> dict[str, dict[str, float]]:
     return Monitor.summarize(samples, *window)
 
 
-def judge(result: TrialResult, rec: Recording, rules, driver_reasons=()) -> Validity:
+def too_few_samples(n: int) -> str | None:
+    """Why ``n`` successful requests cannot give a p99 (None: they can)."""
+    if n < MIN_SAMPLES["p99"]:
+        return f"only {n} successful requests; p99 needs at least {MIN_SAMPLES['p99']}"
+    return None
+
+
+def judge(
+    result: TrialResult, rec: Recording, rules, driver_reasons=(), few_samples_invalid: bool = True
+) -> Validity:
     """The reasons a result should not be trusted (none: valid).
 
     ``driver_reasons`` are what the driver itself found (e.g. the SUT restarted).
+    ``few_samples_invalid``: too few requests for a p99 is a reason (load drivers);
+    drivers whose headline is quality turn it off (``Driver.headline_figures``).
     """
     reasons = list(driver_reasons)
-    n = result.latency_ms.count
-    if n < MIN_SAMPLES["p99"]:
-        reasons.append(f"only {n} successful requests; p99 needs at least {MIN_SAMPLES['p99']}")
+    shortfall = too_few_samples(result.latency_ms.count)
+    if shortfall and few_samples_invalid:
+        reasons.append(shortfall)
     load = result.load
     if load.target_rate and load.achieved_rate is not None:
         short = 1 - load.achieved_rate / load.target_rate

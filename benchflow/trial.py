@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -69,6 +69,7 @@ class TrialOutcome:
     throughput: float | None = None
     throughput_unit: str | None = None
     p99_ms: float | None = None
+    quality: dict[str, float] = field(default_factory=dict)  # the driver's figures of merit
 
 
 def _now_iso(t: float) -> str:
@@ -161,6 +162,7 @@ def run_trial(
             outcome.status, outcome.valid = "finished", res.validity.valid
             outcome.throughput, outcome.throughput_unit = res.throughput.value, res.throughput.unit
             outcome.p99_ms = res.latency_ms.p99
+            outcome.quality = dict(res.quality)
             if not res.validity.valid:
                 log.warning("trial marked invalid: %s", "; ".join(res.validity.reasons))
             # A finished trial leaves no state to resume from.

@@ -246,6 +246,12 @@ class Driver(ABC):
     size_unit: ClassVar[str] = "items"  # what operation() returns: items, bytes, tokens, rows
     # The trial's headline throughput: requests/s, or size units/s (e.g. MB/s).
     throughput_basis: ClassVar[Literal["requests", "size"]] = "requests"
+    # What a trial of this driver is judged on. "load": throughput and latency
+    # percentiles; fewer successful requests than p99 needs makes the trial invalid.
+    # "quality": the figures of quality() over a set whose size, not a duration, sets
+    # the number of requests (an evaluation); latency percentiles are reported where
+    # they have enough samples, and too few samples is a note, not invalidity.
+    headline_figures: ClassVar[Literal["load", "quality"]] = "load"
     # Several client processes need a driver that is picklable after setup()
     # (connections belong in open_worker) and a SUT that is not inside this process.
     supports_clients: ClassVar[bool] = True
@@ -273,6 +279,15 @@ class Driver(ABC):
             raise ConfigRefused(
                 "clients", run.clients, f"{cls.name} runs inside the harness process; use clients=1"
             )
+
+    @classmethod  # noqa: B027 - optional hook
+    def check_target(cls, settings: ServiceSettings) -> None:
+        """Refuse a missing or malformed target (``target_fields``), with :class:`ConfigRefused`.
+
+        Called for every trial, after :meth:`check`, but not when a benchmark
+        definition is registered: the target is chosen when it runs. So a target
+        without a default belongs here, not in ``check``. No I/O.
+        """
 
     @classmethod
     def server_recipe(cls, settings: ServiceSettings, host: str, port: int) -> ServerRecipe | None:
@@ -350,6 +365,7 @@ class Driver(ABC):
             "family": cls.family,
             "fixed": cls.fixed,
             "deprecated": cls.deprecated,
+            "headline_figures": cls.headline_figures,
             "inputs": {
                 "target": list(cls.target_fields),
                 "settings": cls.Settings.model_json_schema(),

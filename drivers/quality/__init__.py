@@ -1,0 +1,1 @@
+"""Quality benchmarks: accuracy of a target (``qa``: questions with reference answers)."""
