@@ -1,6 +1,7 @@
 # The verbs a person types. `make run` and `make test` work on a fresh machine.
 PY ?= python3
 PIP ?= $(PY) -m pip
+TEST_WORKERS ?= 2
 MAIN_JOB = -m scenario=quickstart service=faiss,fileio concurrency=1,4 duration_s=10 warmup_s=2
 
 .PHONY: install deps-system deps-standins deps-test run test test-fast bench lint ui clean containers
@@ -21,8 +22,8 @@ run:                ## installs the core and runs the main job: a short sweep ov
 	$(PIP) install -q -e .
 	$(PY) -m benchflow $(MAIN_JOB)
 
-test: deps-test     ## the whole test suite, against real servers
-	$(PY) -m pytest -q -ra
+test: deps-test     ## the whole test suite, against real servers (two workers: CI's 2 cores)
+	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast:          ## the suite without reinstalling anything
 	$(PY) -m pytest -q -ra -x

@@ -1,7 +1,12 @@
-"""Run every bench section and print one table: ``python -m bench [SECTION ...]``."""
+"""Run every bench section and print one table: ``python -m bench [SECTION ...]``.
+
+The whole run writes ``bench/out/results.md``; a run of chosen sections writes
+``bench/out/results-<section>-....md``, so it never overwrites the full table.
+"""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import platform
 import sys
@@ -34,7 +39,14 @@ def fmt(v: float | None) -> str:
 
 
 def main(argv: list[str]) -> int:
-    wanted = argv or sections()
+    known = sections()
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("section", nargs="*", help=f"sections to run (default: all): {known}")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.section if n not in known]
+    if unknown:
+        parser.error(f"unknown section(s) {unknown}; the sections are {known}")
+    wanted = args.section or known
     ws = Workspace()
     rows: list[Row] = []
     t0 = time.time()
@@ -71,7 +83,8 @@ def main(argv: list[str]) -> int:
     text = "\n".join(lines) + "\n"
     out = Path(__file__).parent / "out"
     out.mkdir(exist_ok=True)
-    (out / "results.md").write_text(text)
+    name = "results.md" if wanted == known else f"results-{'-'.join(wanted)}.md"
+    (out / name).write_text(text)
     print(text)
     return 0 if all(r.ok is not False for r in rows) else 1
 

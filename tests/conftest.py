@@ -31,6 +31,29 @@ pytest_plugins: list[str] = [
 ]
 
 
+# Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`) the tests of one area share
+# a worker, so each session-scoped server (the Slurm cluster, llama.cpp, PostgreSQL, ...)
+# starts once, and two Slurm clusters never contend for one machine.
+_AREA_GROUP = {
+    "slurm": "slurm",
+    "inference": "llm",
+    "quality": "llm",
+    "storage": "storage",
+    "benchmarks": "benchmarks",
+    "vectordb": "vectordb",
+    "registry": "registry",
+    "tracking": "tracking",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        parts = Path(item.fspath).resolve().relative_to(tests).parts
+        if len(parts) > 1 and parts[0] in _AREA_GROUP:
+            item.add_marker(pytest.mark.xdist_group(_AREA_GROUP[parts[0]]))
+
+
 def require(condition: bool, what: str) -> None:
     """Fail (CI) or skip (a laptop with BENCHFLOW_ALLOW_SKIP=1) when a server is missing."""
     if condition:

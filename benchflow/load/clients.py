@@ -162,19 +162,26 @@ class _Missing:
 
 
 def clock_offsets(conns, failed: dict[int, str], probes: int = 5) -> dict[int, float]:
-    """Each client's clock minus ours, in ns (NTP-style: the probe with the least round trip)."""
+    """Each client's clock minus ours, in ns (NTP-style: the probe with the least round trip).
+
+    A client that dies meanwhile is added to ``failed``.
+    """
     out = {}
     for i, c in enumerate(conns):
         if i in failed:
             continue
         best = None
-        for _ in range(probes):
-            t0 = time.time_ns()
-            c.send(("clock",))
-            _, tc = c.recv()
-            t1 = time.time_ns()
-            if best is None or t1 - t0 < best[0]:
-                best = (t1 - t0, tc - (t0 + t1) // 2)
+        try:
+            for _ in range(probes):
+                t0 = time.time_ns()
+                c.send(("clock",))
+                _, tc = c.recv()
+                t1 = time.time_ns()
+                if best is None or t1 - t0 < best[0]:
+                    best = (t1 - t0, tc - (t0 + t1) // 2)
+        except (EOFError, OSError):  # the client died: counted as failed by the caller
+            failed[i] = "client process exited before the clocks were compared"
+            continue
         out[i] = float(best[1])
     return out
 
@@ -208,7 +215,11 @@ def run_clients(
         if not c.poll(READY_TIMEOUT_S):
             failed[i] = "did not start"
             continue
-        kind, msg = c.recv()
+        try:
+            kind, msg = c.recv()
+        except EOFError:  # killed while starting: one lost client, not a lost trial
+            failed[i] = "client process exited before it was ready"
+            continue
         if kind != "ready":
             failed[i] = msg
         else:
@@ -217,6 +228,9 @@ def run_clients(
         _reap(procs)
         raise RuntimeError("every client process failed: " + "; ".join(failed.values()))
     offsets = clock_offsets(conns, failed)
+    if len(failed) == clients:
+        _reap(procs)
+        raise RuntimeError("every client process failed: " + "; ".join(failed.values()))
     if report is not None and offsets:
         report["clients.clock_offset_ms_max"] = max(abs(v) for v in offsets.values()) / 1e6
         report["clients.hosts"] = float(len({h.get("host") for h in hosts.values()}))
@@ -229,7 +243,10 @@ def run_clients(
     }
     for i, c in enumerate(conns):
         if i not in failed:
-            c.send(shards[i])
+            try:
+                c.send(shards[i])
+            except OSError:
+                failed[i] = "client process exited before it got its schedule"
     timer = None
     if before:
         ours = shard_phases(phases, clients, 0, start)  # on this process's clock
