@@ -56,6 +56,11 @@ class _Strict(BaseModel):
 class MonitorConfig(_Strict):
     interval_s: float = Field(1.0, ge=0.1, description="sampling period of the monitor")
     gpu: bool = Field(True, description="sample GPUs through NVML when present")
+    textfile_dir: str | None = Field(
+        None,
+        description="write each trial's summary here as a Prometheus textfile "
+        "(node_exporter's textfile collector); null: none",
+    )
 
 
 class ValidityRules(_Strict):
