@@ -64,7 +64,7 @@ class ServerConfig:
     backend_store_uri: str | None = None  # postgresql://user@host:port/db (password: PGPASSWORD)
     embedded_db: bool = False
     artifacts_destination: str | None = None  # a directory or s3://BUCKET[/prefix]
-    workers: int = 1
+    workers: int = 0  # 0: up to 4 (one per core) with uvloop installed, else 1 (RECIPES.md)
     auth: bool = False
     allowed_hosts: str | None = None  # --allowed-hosts for a server reached by name
     ready_timeout_s: float = 180.0
@@ -78,8 +78,10 @@ class ServerConfig:
                 "no database: pass --backend-store-uri postgresql://USER@HOST:PORT/DB "
                 f"(or ${BACKEND_ENV}; the password in PGPASSWORD), or --embedded-db"
             )
-        if self.workers < 1:
-            raise ServerError(f"--workers {self.workers}: at least 1")
+        if self.workers < 0:
+            raise ServerError(f"--workers {self.workers}: 0 (automatic) or more")
+        if self.workers == 0:
+            self.workers = min(4, os.cpu_count() or 1) if _has_uvloop() else 1
 
     @property
     def logs_dir(self) -> Path:
