@@ -60,6 +60,9 @@ def client(uri: str | None = None, http_timeout_s: float = 10, http_retries: int
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(http_retries)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if uri and mask(uri, set()) != uri:
+        # MLflow prints "View run ... at: URI" on stdout, password and all
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     return MlflowClient(tracking_uri=uri)
 
 
