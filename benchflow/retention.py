@@ -30,7 +30,7 @@ class Item:
     path: Path
     kind: str  # trial | sweep | run | textfile
     age_s: float
-    why: str = ""  # kept: the reason
+    why: str = ""  # kept: the reason ("<kind of reason>: <details>")
 
 
 @dataclass
@@ -62,20 +62,22 @@ class _Verifier:
 
         uri = self.uri_override or marker.get("tracking_uri")
         if uri and "***" in uri:
-            return f"cannot verify: its tracking URI is masked ({uri}); use --tracking-uri"
+            return f"cannot verify, its tracking URI is masked: {uri} (use --tracking-uri)"
         try:
             if uri not in self._clients:
                 self._clients[uri] = tracking.client(uri, http_timeout_s=10, http_retries=0)
             run = self._clients[uri].get_run(marker["run_id"])  # type: ignore[attr-defined]
         except Exception as exc:
-            return f"cannot verify in MLflow ({uri}): {type(exc).__name__}: " + (
+            return f"cannot verify in MLflow: {uri}: {type(exc).__name__}: " + (
                 str(exc).splitlines()[0][:200] if str(exc) else ""
             )
         tags = run.data.tags
+        if run.info.lifecycle_stage == "deleted":  # the server's own gc may purge it any time
+            return f"deleted in MLflow: run {marker['run_id']} in {uri}"
         if tags.get("benchflow.trial_id") != trial_id:
-            return f"run {marker['run_id']} in {uri} is not this trial's"
+            return f"not this trial's run: run {marker['run_id']} in {uri}"
         if tags.get(tracking.TAG_COMPLETE) != "complete":
-            return f"run {marker['run_id']} in {uri} is not completely uploaded"
+            return f"not completely uploaded: run {marker['run_id']} in {uri}"
         return None
 
 
@@ -137,7 +139,7 @@ def plan(
                 continue
             held = [t.name for t in sweep_trial_dirs(d) if t.name in kept_trials]
             if held:
-                out.keep.append(Item(d, kind, age, f"{len(held)} of its trials are kept"))
+                out.keep.append(Item(d, kind, age, f"holds kept trials: {len(held)}"))
             else:
                 out.delete.append(Item(d, kind, age))
     if textfile_dir is not None and Path(textfile_dir).is_dir():
