@@ -226,7 +226,8 @@ def test_prometheus_textfile_parses_and_matches_the_trial(sweep):
 
 def _exprs(node) -> list[str]:
     if isinstance(node, dict):
-        return [node["expr"]] * ("expr" in node) + [e for v in node.values() for e in _exprs(v)]
+        own = [node["expr"]] if "expr" in node else []
+        return own + [e for v in node.values() for e in _exprs(v)]
     if isinstance(node, list):
         return [e for v in node for e in _exprs(v)]
     return []
