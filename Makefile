@@ -4,7 +4,8 @@ PIP ?= $(PY) -m pip
 TEST_WORKERS ?= 2
 MAIN_JOB = -m scenario=quickstart service=faiss,fileio concurrency=1,4 duration_s=10 warmup_s=2
 
-.PHONY: install deps-system deps-standins deps-test run test test-fast bench lint ui clean containers
+.PHONY: install deps-system deps-standins deps-test run test test-fast bench lint ui clean containers \
+	server-start server-stop server-status
 
 install:            ## benchflow with every driver family
 	$(PIP) install -q -e '.[all]'
@@ -36,6 +37,18 @@ containers:         ## Apptainer images of vLLM and Triton (a login-node step; c
 
 lint:
 	ruff check . && ruff format --check .
+
+# The team's tracking server (docs/operations.md). SERVER_ARGS: e.g.
+#   SERVER_ARGS="--host 0.0.0.0 --backend-store-uri postgresql://mlflow@db:5432/mlflow --artifacts-destination s3://bench"
+SERVER_ARGS ?= --embedded-db
+server-start:       ## MLflow tracking server on PostgreSQL (default: a throwaway one)
+	$(PY) -m benchflow server start $(SERVER_ARGS)
+
+server-stop:
+	$(PY) -m benchflow server stop
+
+server-status:
+	$(PY) -m benchflow server status
 
 ui:                 ## the MLflow UI on the embedded default store
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000

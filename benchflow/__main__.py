@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import hydra
@@ -20,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(argv)
         return
     _prevalidate(argv)
+    _mask_launcher_logs()
     sys.argv = [sys.argv[0], *argv]
     hydra_app()
 
@@ -45,6 +47,27 @@ def _prevalidate(argv: list[str]) -> None:
     except ConfigError as exc:
         print(f"benchflow: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
+
+
+# Hydra's launchers log each job's overrides ("#0 : k=v ..."), credentials and all
+_LAUNCHER_LOGGERS = (
+    "hydra._internal.core_plugins.basic_launcher",
+    "hydra_plugins.hydra_submitit_launcher.submitit_launcher",
+)
+
+
+class _MaskOverrides(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        from benchflow.secrets import mask_overrides_line
+
+        record.msg = mask_overrides_line(record.getMessage())
+        record.args = ()
+        return True
+
+
+def _mask_launcher_logs() -> None:
+    for name in _LAUNCHER_LOGGERS:
+        logging.getLogger(name).addFilter(_MaskOverrides())
 
 
 @hydra.main(config_path=str(conf_dir()), config_name=CONFIG_NAME, version_base="1.3")

@@ -41,7 +41,14 @@ class ConfigError(Exception):
 
     def __init__(self, key: str, value: Any, allowed: str) -> None:
         self.key, self.value, self.allowed = key, value, allowed
-        shown = "(missing)" if value is _MISSING else repr(value)
+        from benchflow.secrets import REDACTED, is_secret_key, mask
+
+        if value is _MISSING:
+            shown = "(missing)"
+        elif is_secret_key(key) and value not in (None, ""):
+            shown = REDACTED  # a secret given where none belongs is not echoed
+        else:
+            shown = mask(repr(value), set())
         super().__init__(f"invalid config: {key} = {shown}: {allowed}")
 
 
@@ -56,6 +63,11 @@ class _Strict(BaseModel):
 class MonitorConfig(_Strict):
     interval_s: float = Field(1.0, ge=0.1, description="sampling period of the monitor")
     gpu: bool = Field(True, description="sample GPUs through NVML when present")
+    textfile_dir: str | None = Field(
+        None,
+        description="write each trial's summary here as a Prometheus textfile "
+        "(node_exporter's textfile collector); null: none",
+    )
 
 
 class ValidityRules(_Strict):

@@ -53,6 +53,8 @@ def run_job(cfg: DictConfig) -> list[TrialOutcome]:
 
         resolved_uri(spec.cfg.tracking.uri)
     multirun = hc.mode == RunMode.MULTIRUN
+    if multirun:
+        sweeps.scrub_multirun_yaml(Path(hc.sweep.dir))
     sweep = _sweep_info(hc) if multirun else None
     job_dir = Path(hc.runtime.output_dir)
     listing = job_dir / sweeps.TRIALS_FILE
@@ -170,9 +172,10 @@ def _report(spec, outcomes: list[TrialOutcome]) -> None:
 
 
 def ui_hint(uri: str | None) -> str:
+    from benchflow.secrets import mask
     from benchflow.tracking import resolved_uri
 
-    store = resolved_uri(uri)
+    store = mask(resolved_uri(uri), set())  # a URI may carry user:password@
     if store.startswith(("http://", "https://")):
         return f"  see them in MLflow: {store}"
     return f"  see them in MLflow: mlflow ui --backend-store-uri {store}"

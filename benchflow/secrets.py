@@ -35,7 +35,8 @@ _ENV_SECRET = re.compile(
     r"PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|API_?KEY|ACCESS_KEY|PRIVATE_KEY|_KEY$|^KEY$"
 )
 # user:password@ in URLs, password=... in libpq DSNs
-_URL_PASSWORD = re.compile(r"(?<=://)([^:/@\s]+):([^@\s]+)@")
+# (Hydra escapes ':' in the overrides it logs and saves: http\://user\:pw@host)
+_URL_PASSWORD = re.compile(r"(:\\?//)([^:/@\s\\]+)(\\?):([^@\s]+)@")
 _DSN_PASSWORD = re.compile(r"\b(password|passwd|pwd)\s*=\s*('[^']*'|\S+)", re.IGNORECASE)
 REDACTED = "***REDACTED***"
 _WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
@@ -92,8 +93,13 @@ def mask(text: str, secrets: set[str]) -> str:
     """``text`` with known secret values and URL/DSN passwords replaced by REDACTED."""
     for s in sorted(secrets, key=len, reverse=True):
         text = text.replace(s, REDACTED)
-    text = _URL_PASSWORD.sub(lambda m: f"{m.group(1)}:{REDACTED}@", text)
+    text = _URL_PASSWORD.sub(lambda m: f"{m[1]}{m[2]}{m[3]}:{REDACTED}@", text)
     return _DSN_PASSWORD.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+
+
+def mask_overrides_line(text: str) -> str:
+    """A line of space-separated Hydra overrides (as launchers log them), each masked."""
+    return " ".join(mask_override(o) for o in text.split(" "))
 
 
 def mask_override(override: str) -> str:

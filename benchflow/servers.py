@@ -1,8 +1,10 @@
 """SUT lifecycle: launch a server process, wait until it is ready, always tear it down.
 
 Every launched server runs in its own process group (so teardown reaches its
-children), writes stdout/stderr to the trial's ``logs/``, and is stopped at
-interpreter exit too, so a Ctrl-C or a failed trial leaves nothing running.
+children), has its stdout/stderr captured line by line into the trial's
+``logs/`` (``NAME.out``/``NAME.err`` as text and ``NAME.jsonl`` as structured
+records, secrets masked: :class:`benchflow.logs.OutputCapture`), and is stopped
+at interpreter exit too, so a Ctrl-C or a failed trial leaves nothing running.
 
 A server may run in a container: give :class:`ServerProcess` a :class:`Container`
 and its command becomes ``apptainer exec [--nv] -B BIND ... IMAGE CMD``; the
@@ -173,25 +175,26 @@ class ServerProcess:
         logs_dir.mkdir(parents=True, exist_ok=True)
         self.stdout_path = logs_dir / f"{name}.out"
         self.stderr_path = logs_dir / f"{name}.err"
-        self._out = open(self.stdout_path, "ab")  # noqa: SIM115 - closed in stop()
-        self._err = open(self.stderr_path, "ab")  # noqa: SIM115
         full_env = {**os.environ, **(env or {})}
         log.info("starting %s: %s", name, " ".join(self.cmd))
         try:
             self.proc = subprocess.Popen(
                 self.cmd,
-                stdout=self._out,
-                stderr=self._err,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 stdin=subprocess.DEVNULL,
                 env=full_env,
                 cwd=cwd,
                 start_new_session=True,  # own process group: teardown reaches children
             )
         except OSError as exc:  # e.g. the server's program is not installed
-            self._out.close()
-            self._err.close()
             self._restore_digest_env()
             raise ServerFailed(f"{name}: cannot start {self.cmd[0]!r}: {exc}") from None
+        from benchflow.logs import OutputCapture
+
+        self._capture = OutputCapture(
+            name, logs_dir, self.proc.stdout, self.proc.stderr, environ=full_env
+        )
         _RUNNING.add(self)
         log.info("started %s (pid %d, process group %d)", name, self.proc.pid, self.proc.pid)
 
@@ -237,8 +240,7 @@ class ServerProcess:
         deadline = time.monotonic() + 5
         while _group_exists(self.proc.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        self._out.close()
-        self._err.close()
+        self._capture.close()
         self._restore_digest_env()
 
     def _restore_digest_env(self) -> None:

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from benchflow import tracking
 from benchflow.result import read_json, write_json
-from benchflow.secrets import mask, mask_override
+from benchflow.secrets import mask, mask_override, redact_tree
 
 log = logging.getLogger("benchflow.sweep")
 
@@ -69,6 +69,7 @@ class SweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        scrub_multirun_yaml(sweep_dir)
         manifest = read_manifest(sweep_dir) or {}
         rows = collect(sweep_dir)
         counts = {
@@ -95,6 +96,28 @@ class SweepCallback(Callback):
             print("not in MLflow yet (tracking unreachable): run `benchflow sync` when it is back")
         if counts["failed"]:
             raise SystemExit(1)
+
+
+def scrub_multirun_yaml(sweep_dir: Path) -> None:
+    """Mask secrets in the ``multirun.yaml`` Hydra saves in the sweep directory (the
+    composed config and the overrides as given: a URI with a password, a secret key).
+    Hydra writes it after :meth:`SweepCallback.on_multirun_start`, so each job and the
+    sweep's end call this; it rewrites the file only when something was masked."""
+    from omegaconf import OmegaConf
+
+    path = Path(sweep_dir) / "multirun.yaml"
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except (OSError, ValueError, TypeError) as exc:
+        log.debug("no multirun.yaml to scrub at %s (%s)", path, exc)
+        return
+    clean = redact_tree(saved)
+    over = (clean.get("hydra") or {}).get("overrides") or {}
+    for k in ("task", "hydra"):
+        if isinstance(over.get(k), list):
+            over[k] = [mask_override(str(o)) for o in over[k]]
+    if clean != saved:
+        OmegaConf.save(OmegaConf.create(clean), path)
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:

@@ -8,15 +8,24 @@ was lost); params, metrics (with fixed timestamps) and artifacts are re-sent
 identically; the run is marked complete (``benchflow.upload=complete``) last. A
 second upload of a complete trial does nothing, and one interrupted half-way is
 completed in place, never duplicated.
+
+Concurrent uploaders never duplicate a run either: the upload of a trial holds
+a lock on its directory (the trial's own upload and a ``benchflow sync`` running
+meanwhile cannot both create a run), and a sweep's parent run that has to be
+created late (MLflow was down when the sweep started) is created under a lock
+on the sweep directory by whichever trial gets there first.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import re
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +41,9 @@ from drivers.base import CUSTOM_FILE
 log = logging.getLogger("benchflow.tracking")
 
 UPLOAD_MARKER = "upload.json"
+UPLOAD_LOCK = ".upload.lock"  # dot files are not uploaded as artifacts
+SWEEP_LOCK = ".tracking.lock"
+SWEEP_PARENT = "parent_run.json"  # a parent run created after the sweep started
 MAX_PARAM_LEN = 6000  # MLflow 3's limit for a param value
 TAG_COMPLETE = "benchflow.upload"
 
@@ -48,6 +60,9 @@ def client(uri: str | None = None, http_timeout_s: float = 10, http_retries: int
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(http_retries)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if uri and mask(uri, set()) != uri:
+        # MLflow prints "View run ... at: URI" on stdout, password and all
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     return MlflowClient(tracking_uri=uri)
 
 
@@ -113,12 +128,54 @@ def finish_sweep(c, run_id: str, summary_files: list[Path], counts: dict[str, in
     c.set_terminated(run_id, "FAILED" if counts.get("failed") else "FINISHED")
 
 
+class Busy(RuntimeError):
+    """Another process holds the lock (it is uploading this trial right now)."""
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, wait: bool = True, timeout_s: float = 300.0) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if needed); released when the process
+    dies, so a killed uploader never leaves it stuck. Raises :class:`Busy` when
+    ``wait`` is false and someone else holds it."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:  # a read-only copy of the results: nobody else writes there
+        log.debug("no lock at %s (%s)", path, exc)
+        yield
+        return
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not wait:
+                    raise Busy(str(path)) from None
+                if time.monotonic() > deadline:
+                    raise Busy(f"{path}: still locked after {timeout_s:.0f} s") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _parent_for(c, exp_id: str, meta: dict) -> str | None:
     sweep = meta.get("sweep")
     if not sweep:
         return None
     if sweep.get("parent_run_id") and sweep.get("tracking_uri") == meta.get("tracking_uri"):
         return sweep["parent_run_id"]
+    sweep_dir = Path(sweep.get("sweep_dir") or "")
+    if sweep.get("sweep_dir") and sweep_dir.is_dir():
+        # Many trials may get here at once (MLflow was down when the sweep started):
+        # one creates the parent run, the others find it.
+        with file_lock(sweep_dir / SWEEP_LOCK):
+            return _find_or_create_parent(c, exp_id, meta, sweep)
+    return _find_or_create_parent(c, exp_id, meta, sweep)
+
+
+def _find_or_create_parent(c, exp_id: str, meta: dict, sweep: dict) -> str:
     found = find_run(c, exp_id, "benchflow.sweep_id", sweep["sweep_id"])
     if found is not None:
         return found.info.run_id
@@ -192,11 +249,18 @@ def _alive(meta: dict) -> bool:
 _RUN_STATUS = {"finished": "FINISHED", "failed": "FAILED", "incomplete": "KILLED"}
 
 
-def upload_trial(trial_dir: Path, c=None, uri: str | None = None) -> str:
+def upload_trial(trial_dir: Path, c=None, uri: str | None = None, wait: bool = True) -> str:
     """Upload one trial directory to MLflow (idempotently); returns the run id.
 
     ``uri`` overrides the store the trial was run against (``meta.tracking_uri``).
+    Holds the trial's upload lock; with ``wait=False`` raises :class:`Busy` when
+    another process is uploading it.
     """
+    with file_lock(Path(trial_dir) / UPLOAD_LOCK, wait=wait):
+        return _upload_trial(Path(trial_dir), c, uri)
+
+
+def _upload_trial(trial_dir: Path, c, uri: str | None) -> str:
     from mlflow.entities import Metric, Param, RunTag
 
     t0 = time.perf_counter()
@@ -378,6 +442,7 @@ class SyncReport:
     uploaded: list[str] = field(default_factory=list)
     already: list[str] = field(default_factory=list)
     running: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)  # being uploaded by another process
     incomplete: list[str] = field(default_factory=list)
     corrupt: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
@@ -429,9 +494,11 @@ def sync(
         try:
             if target not in clients:
                 clients[target] = client(target)
-            upload_trial(tdir, clients[target], uri=uri)
+            upload_trial(tdir, clients[target], uri=uri, wait=False)
             if state.status != "incomplete":
                 report.uploaded.append(name)
+        except Busy:
+            report.busy.append(name)
         except Exception as exc:
             report.failed.append((name, f"{type(exc).__name__}: {str(exc).splitlines()[0]}"))
     return report

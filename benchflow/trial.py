@@ -192,9 +192,23 @@ def run_trial(
                 _finish_meta(trial_dir, meta)
                 raise
         _finish_meta(trial_dir, meta)
+        _export(trial_dir, cfg)
         if cfg.tracking.upload:
             outcome.run_id = _upload(trial_dir, cfg)
     return outcome
+
+
+def _export(trial_dir: Path, cfg) -> None:
+    """The Prometheus textfile of the trial, when asked for; never fails the trial."""
+    if not cfg.monitor.textfile_dir:
+        return
+    from benchflow import prometheus
+
+    try:
+        path = prometheus.export_trial(trial_dir, Path(cfg.monitor.textfile_dir).expanduser())
+        log.info("summary exported to %s", path)
+    except Exception as exc:
+        log.warning("could not write the Prometheus textfile: %s", exc)
 
 
 def record_unrun_trial(

@@ -28,6 +28,7 @@ pytest_plugins: list[str] = [
     "fixtures.s3",
     "fixtures.llamacpp",
     "fixtures.pytriton",
+    "fixtures.tracking_server",
 ]
 
 

@@ -29,3 +29,13 @@ def test_redact_and_mask():
     out = mask(text, found)
     assert "hunter22" not in out and "pw9" not in out and "tok-123456" not in out
     assert "host=db" in out
+
+
+def test_masks_passwords_in_hydra_escaped_urls_and_override_lines():
+    """Hydra escapes ':' in the overrides it logs and saves in multirun.yaml."""
+    from benchflow.secrets import mask_overrides_line
+
+    line = r"service=s3 +service.password=abc123 tracking.uri=http\://bob\:pw-Zz9@h\:5000"
+    out = mask_overrides_line(line)
+    assert "abc123" not in out and "pw-Zz9" not in out
+    assert r"http\://bob\:***REDACTED***@h\:5000" in out and out.startswith("service=s3 ")

@@ -25,6 +25,9 @@ COMMANDS: dict[str, str] = {
     "status": "benchflow.cli.status:status",
     "stop": "benchflow.cli.stop:stop",
     "servers": "benchflow.cli.servers:servers",
+    "server": "benchflow.cli.server:server",
+    "logs": "benchflow.cli.logs:logs",
+    "gc": "benchflow.cli.gc:gc",
 }
 
 

@@ -26,9 +26,12 @@ def sync(results_dir: str, scenario: str | None, tracking_uri: str | None, dry_r
     verb = "would upload" if dry_run else "uploaded"
     click.echo(
         f"{verb} {len(report.uploaded)}, already in MLflow {len(report.already)}, "
-        f"running {len(report.running)}, incomplete {len(report.incomplete)}, "
+        f"running {len(report.running)}, busy {len(report.busy)}, "
+        f"incomplete {len(report.incomplete)}, "
         f"corrupt {len(report.corrupt)}, failed {len(report.failed)}"
     )
+    for name in report.busy:
+        click.echo(f"  busy (another process is uploading it; run sync again later): {name}")
     for name in report.incomplete:
         click.echo(f"  incomplete (the trial process died; uploaded as KILLED): {name}")
     for name, why in report.corrupt:

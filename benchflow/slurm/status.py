@@ -1,9 +1,11 @@
 """Where a sweep stands, from Slurm and MLflow together (``benchflow status``/``stop``).
 
 Each trial (a repetition of a job) is *done*, *invalid* (finished but its result
-is marked invalid), *failed*, *running* or *pending*. MLflow says what finished
-and how; Slurm says what is still queued or running, and which jobs died
-without leaving a run.
+is marked invalid), *failed*, *incomplete* (its process was killed mid-trial:
+``meta.json`` still says running and nobody runs it), *running* or *pending*.
+MLflow says what finished and how; Slurm says what is still queued or running,
+and which jobs died without leaving a run; the trials' own files say what
+MLflow does not know yet (an upload that failed, a killed trial).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from benchflow.result import read_json
 from benchflow.slurm.record import STOP, SweepRecord, sacct_states, scancel, squeue_states
 
-STATES = ("pending", "running", "done", "invalid", "failed")
+STATES = ("pending", "running", "done", "invalid", "failed", "incomplete")
 _LIVE = {"PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED"}
 _RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT"}
 
@@ -87,15 +89,51 @@ def _runs(sweep_dir: Path) -> dict[str, list]:
     return out
 
 
+def _local_trials(sweep_dir: Path) -> dict[str, dict[int, str]]:
+    """The state of the sweep's trial directories, by job number and repetition
+    (``results/<scenario>/<trial>/`` beside ``_sweeps/``), the latest attempt winning."""
+    from benchflow.tracking import inspect_trial
+
+    sweep_id = sweep_dir.name
+    best: dict[tuple[str, int], tuple[tuple, str]] = {}
+    for meta_path in sweep_dir.parent.parent.glob("*/meta.json"):
+        try:
+            state = inspect_trial(meta_path.parent)
+        except ValueError:
+            continue
+        meta = state.meta
+        sweep = meta.get("sweep") or {}
+        if sweep.get("sweep_id") != sweep_id:
+            continue
+        kind = state.status
+        if kind == "finished":
+            try:
+                valid = read_json(meta_path.parent / "metrics.json")["validity"]["valid"]
+            except (OSError, ValueError, KeyError, TypeError):
+                valid = False
+            kind = "done" if valid else "invalid"
+        key = (str(sweep.get("job_num")), int(meta.get("repetition", 0)))
+        # a finished attempt wins; otherwise the latest attempt
+        rank = (kind in ("done", "invalid"), meta.get("attempt", 0), meta["started_at_epoch"])
+        if key not in best or rank > best[key][0]:
+            best[key] = (rank, kind)
+    out: dict[str, dict[int, str]] = {}
+    for (job, rep), (_, kind) in best.items():
+        out.setdefault(job, {})[rep] = kind
+    return out
+
+
 def sweep_status(sweep_dir: Path) -> SweepStatus:
     record = SweepRecord.load(sweep_dir)
     runs = _runs(sweep_dir)
+    local = _local_trials(sweep_dir)
     jobs: list[JobStatus] = []
     nums = (
         sorted(record.jobs)
         if record
         else sorted(int(p.name) for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit())
     )
+    nums = sorted(set(nums) | {int(j) for j in local if j.isdigit()})
     live: dict[str, str] = {}
     final: dict[str, str] = {}
     if record:
@@ -110,12 +148,20 @@ def sweep_status(sweep_dir: Path) -> SweepStatus:
         state = live.get(slurm_job) or final.get(slurm_job) if slurm_job else None
         js = JobStatus(num, jr.overrides if jr else [], slurm_job, state, note=jr and jr.note)
         reps = _repetitions(sweep_dir, num, runs.get(str(num), []))
-        n_reps = _n_reps(sweep_dir / str(num), jr, reps)
+        files = local.get(str(num), {})
+        n_reps = max(_n_reps(sweep_dir / str(num), jr, reps), max(files, default=-1) + 1)
         if jr and jr.status == "skipped":
             js.slurm_state = "not submitted (resumed)"
         for rep in range(n_reps):
             run = reps.get(rep)
-            if run is not None:
+            on_disk = files.get(rep)
+            if on_disk == "incomplete" and state in _RUNNING | _LIVE:
+                on_disk = "running"  # its process is on another node: Slurm knows better
+            if run is not None and run.data.tags.get("benchflow.status") == "incomplete":
+                js.trials["incomplete"] += 1  # uploaded by sync as a KILLED run
+            elif run is None and on_disk in ("incomplete", "done", "invalid", "running"):
+                js.trials[on_disk] += 1  # not in MLflow (yet): the files tell
+            elif run is not None:
                 status = run.info.status
                 if status == "FINISHED":
                     valid = run.data.tags.get("benchflow.valid") == "true"
