@@ -4,20 +4,25 @@ tasks on the Slurm test cluster is in tests/slurm/test_slurm_clients.py.)"""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
+from pathlib import Path
 
 import psutil
 from conftest import FAST
 
 
-def _spawned_children(parent: psutil.Process) -> list[psutil.Process]:
+def _clients_of_trials_in(cwd: Path) -> list[psutil.Process]:
+    """The spawned client processes of the benchflow process running in ``cwd`` (not any
+    other process a session fixture may have spawned)."""
     out = []
-    for p in parent.children(recursive=True):
+    for p in psutil.process_iter(["cmdline", "cwd"]):
         try:
-            if "multiprocessing.spawn" in " ".join(p.cmdline()):
-                out.append(p)
+            if p.info["cwd"] != str(cwd) or "benchflow" not in (p.info["cmdline"] or []):
+                continue
+            for kid in p.children():
+                if "multiprocessing.spawn" in " ".join(kid.cmdline()):
+                    out.append(kid)
         except psutil.Error:
             continue
     return out
@@ -29,12 +34,11 @@ def test_a_client_killed_while_starting_is_counted_and_the_trial_completes(workd
     must not crash: it completes with the other client's measurements, reports one failed
     client and is invalid for it."""
     killed: list[int] = []
-    me = psutil.Process(os.getpid())
 
     def kill_first_client():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not killed:
-            kids = _spawned_children(me)
+            kids = _clients_of_trials_in(workdir.path)
             if kids:
                 kids[0].kill()
                 killed.append(kids[0].pid)

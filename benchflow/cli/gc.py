@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -62,9 +63,10 @@ def gc(
     verb = "deleted" if delete else "would delete"
     for item in p.delete:
         click.echo(f"  {verb} {item.kind} {item.path} ({_age(item.age_s)} old)")
-    kept_why: dict[str, int] = {}
+    kept_why = Counter(item.why.split(":")[0] for item in p.keep)
+    # most frequent first, then by name: the same summary for the same results
+    why = sorted(kept_why.items(), key=lambda x: (-x[1], x[0]))
     for item in p.keep:
-        kept_why[item.why.split(":")[0]] = kept_why.get(item.why.split(":")[0], 0) + 1
         if verbose:
             click.echo(f"  kept {item.kind} {item.path}: {item.why}")
     if delete:
@@ -72,6 +74,6 @@ def gc(
     click.echo(
         f"{verb} {len(p.delete)} ({sum(i.kind == 'trial' for i in p.delete)} trials), "
         f"kept {len(p.keep)} older than {older_than}"
-        + (" — " + "; ".join(f"{n} {w}" for w, n in kept_why.items()) if kept_why else "")
+        + (" — " + "; ".join(f"{n} {w}" for w, n in why) if kept_why else "")
         + ("" if delete else " [dry run: add --delete]")
     )

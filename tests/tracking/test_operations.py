@@ -183,7 +183,9 @@ def test_gc_prunes_only_old_uploaded_results(sweep, tracking_server, tmp_path):
     assert f"kept sweep {copy_sweep}: holds kept trials: 1" in dry  # the young one
     assert str(young) not in dry  # younger than 90 days: not even considered
     assert "would delete 2 (1 trials), kept 3 older than 90d" in dry and "[dry run" in dry
-    assert "; 1 deleted in MLflow; 1 holds kept trials" in dry
+    # the reasons, most frequent first, then by name (deterministic)
+    assert "— 1 deleted in MLflow; 1 finished, not uploaded (run `benchflow sync` first); " in dry
+    assert "; 1 holds kept trials [dry run" in dry
     assert old.is_dir() and old_prom.exists()  # a dry run deletes nothing
 
     done = gc("--delete")

@@ -1,10 +1,11 @@
 """Secrets never leave: known secrets planted in every place one can enter (the S3
-driver's secret key and PGPASSWORD in the environment, MLflow's tracking password,
-an API token, a password in the tracking URI, a secret given as a driver setting)
-and everything benchflow wrote and logged for a real trial on the team server (S3
-requests signed with the planted key) is scanned for them: the results and logs on
-disk, the Prometheus textfile, the log bundle, the report, the command output, the
-runs' params, tags and metric names on the server, every artifact object in the S3
+driver's secret key and the PostgreSQL driver's PGPASSWORD in the environment,
+MLflow's tracking password, an API token, a password in the tracking URI, a secret
+given as a driver setting) and everything benchflow wrote and logged for real trials
+on the team server (S3 requests signed with the planted key, a PostgreSQL login with
+the planted password) is scanned for them: the results and logs on disk, the
+Prometheus textfile, the log bundle, the report, the command output, the runs'
+params, tags and metric names on the server, every artifact object in the S3
 bucket, and the server's own logs. (tests/test_secrets.py tests the masking
 functions; tests/storage check their drivers' passwords on a local store.)"""
 
@@ -48,7 +49,7 @@ def _files(root: Path, label: str) -> dict[str, bytes]:
 
 
 def test_planted_secrets_appear_nowhere_benchflow_writes_or_logs(
-    workdir, tracking_server, postgres_server, s3_server, tmp_path
+    workdir, tracking_server, postgres_server, postgres_dsn, s3_server, tmp_path
 ):
     planted = {
         "PGPASSWORD (the server's database password)": postgres_server.password,
@@ -95,9 +96,24 @@ def test_planted_secrets_appear_nowhere_benchflow_writes_or_logs(
         "progress=off",
         *FAST,
     )
-    (tdir,) = workdir.trial_dirs(scenario)
-    assert json.loads((tdir / "meta.json").read_text())["status"] == "finished"
-    run_id = json.loads((tdir / "upload.json").read_text())["run_id"]
+    # a PostgreSQL trial that logs in with the password from PGPASSWORD
+    run(
+        "a postgres trial",
+        "service=postgres",
+        "service.mode=server",
+        f"service.dsn='{postgres_dsn}'",
+        "service.rows=1000",
+        f"scenario={scenario}",
+        "tracking=server",
+        f"tracking.uri=http://bench:{planted['tracking URI password']}@{host}",
+        "progress=off",
+        *FAST,
+    )
+    tdirs = workdir.trial_dirs(scenario)
+    assert len(tdirs) == 2
+    for tdir in tdirs:
+        assert json.loads((tdir / "meta.json").read_text())["status"] == "finished", tdir
+    run_ids = {json.loads((t / "upload.json").read_text())["run_id"] for t in tdirs}
     # a password given as a config value is refused (exit 2), and not echoed
     refused = run(
         "a refused config",
@@ -120,7 +136,7 @@ def test_planted_secrets_appear_nowhere_benchflow_writes_or_logs(
     c = tracking_server.client()
     exp = c.get_experiment_by_name(scenario)
     runs = c.search_runs([exp.experiment_id])
-    assert run_id in {r.info.run_id for r in runs} and len(runs) == 2  # trial + sweep parent
+    assert run_ids <= {r.info.run_id for r in runs} and len(runs) == 3  # 2 trials + a parent
     for r in runs:
         d = r.data
         blobs[f"params/tags/metrics of run {r.info.run_id}"] = json.dumps(
@@ -133,7 +149,8 @@ def test_planted_secrets_appear_nowhere_benchflow_writes_or_logs(
         Bucket=tracking_server.bucket, Prefix=f"{exp.experiment_id}/"
     ):
         keys += [o["Key"] for o in page.get("Contents", [])]
-    assert any(k.endswith(f"{run_id}/artifacts/effective_config.yaml") for k in keys), keys
+    for run_id in run_ids:
+        assert any(k.endswith(f"{run_id}/artifacts/effective_config.yaml") for k in keys), keys
     assert any("/artifacts/report/" in k for k in keys), "the report was logged to MLflow"
     for k in keys:
         buf = io.BytesIO()
