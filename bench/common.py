@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,3 +73,27 @@ class Workspace:
     @staticmethod
     def how(*overrides: str) -> str:
         return "python -m benchflow " + " ".join(overrides)
+
+
+@contextmanager
+def llamacpp_stand_in(prefix: str) -> Iterator[tuple[str, Path, Path]]:
+    """The CPU stand-in LLM server (Gemma 3 270M on llama.cpp), launched by the harness's
+    own launcher: yields (url, GGUF path, data dir) and stops the server afterwards."""
+    from benchflow.servers import free_port, http_ready
+    from drivers.base import RunSettings, TrialContext
+    from drivers.inference import launchers
+
+    data = Path(tempfile.mkdtemp(prefix=prefix))
+    gguf = launchers.gguf_model(data)
+    port = free_port()
+    trial = TrialContext("bench", RunSettings(1, 1, 1, 0, None), data, data)
+    server = launchers.start(
+        launchers.llamacpp(gguf, "gemma-3-270m", "127.0.0.1", port, {}),
+        trial,
+        lambda: http_ready("127.0.0.1", port, "/v1/models"),
+        120,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}", gguf, data
+    finally:
+        server.stop()

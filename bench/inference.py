@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Row, Workspace, check
+from bench.common import Row, Workspace, check, llamacpp_stand_in
 
 S = "inference"
 ORDER = 40
@@ -243,21 +243,13 @@ def compare_rows(ws, label, url, model, overrides, texts_for_round, max_tokens, 
 
 
 def llama_rows(ws: Workspace) -> list[Row]:
-    from benchflow.servers import free_port, http_ready
-    from drivers.base import RunSettings, TrialContext
-    from drivers.inference import launchers, prompts
+    with llamacpp_stand_in("bench-llama-") as (url, gguf, _):
+        return _llama_rows(ws, url, gguf)
 
-    data = Path(tempfile.mkdtemp(prefix="bench-llama-"))
-    gguf = launchers.gguf_model(data)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    trial = TrialContext("bench", RunSettings(1, 1, 1, 0, None), data, data)
-    server = launchers.start(
-        launchers.llamacpp(gguf, "gemma-3-270m", "127.0.0.1", port, {}),
-        trial,
-        lambda: http_ready("127.0.0.1", port, "/v1/models"),
-        120,
-    )
+
+def _llama_rows(ws: Workspace, url: str, gguf: Path) -> list[Row]:
+    from drivers.inference import prompts
+
     tok = prompts.load_tokenizer(str(gguf))
     n, out_tokens, in_tokens = 8, 24, 32
     o = [
@@ -277,10 +269,7 @@ def llama_rows(ws: Workspace) -> list[Row]:
         ps = prompts.synthetic(n, in_tokens, out_tokens, 0, 0, 100 + rnd, tok)
         return [p.text for p in ps]
 
-    try:
-        return compare_rows(ws, "llama.cpp", url, "gemma-3-270m", o, texts, out_tokens, 3)
-    finally:
-        server.stop()
+    return compare_rows(ws, "llama.cpp", url, "gemma-3-270m", o, texts, out_tokens, 3)
 
 
 def stream_rows(ws: Workspace) -> list[Row]:

@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import Row, Workspace, check
+from bench.common import Row, Workspace, check, llamacpp_stand_in
 
 S = "quality"
 ORDER = 70
@@ -65,34 +65,17 @@ def rows(ws: Workspace) -> list[Row]:
 
 def llamacpp_rows(ws: Workspace) -> list[Row]:
     """What the CPU stand-in (Gemma 3 270M on llama.cpp) scores on the shipped set."""
-    from benchflow.servers import free_port, http_ready
-    from drivers.base import RunSettings, TrialContext
-    from drivers.inference import launchers
-
-    data = Path(tempfile.mkdtemp(prefix="bench-qa-llama-"))
-    gguf = launchers.gguf_model(data)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    trial = TrialContext("bench", RunSettings(1, 1, 1, 0, None), data, data)
-    server = launchers.start(
-        launchers.llamacpp(gguf, "gemma-3-270m", "127.0.0.1", port, {}),
-        trial,
-        lambda: http_ready("127.0.0.1", port, "/v1/models"),
-        120,
-    )
-    o = [
-        "service=qa",
-        f"service.endpoint={url}",
-        "service.model=gemma-3-270m",
-        "service.api=completions",
-        "service.max_tokens=8",
-        "warmup_s=0",
-        "tracking.upload=false",
-    ]
-    try:
+    with llamacpp_stand_in("bench-qa-llama-") as (url, _, data):
+        o = [
+            "service=qa",
+            f"service.endpoint={url}",
+            "service.model=gemma-3-270m",
+            "service.api=completions",
+            "service.max_tokens=8",
+            "warmup_s=0",
+            "tracking.upload=false",
+        ]
         m, _, _ = ws.trial(*o, f"data_dir={data}")
-    finally:
-        server.stop()
     q = m["quality"]
     how = ws.how(*o).replace(url, "http://LLAMACPP:PORT")
     label = "qa: Gemma 3 270M (llama.cpp, completions, few-shot) on the shipped set"

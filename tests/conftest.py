@@ -69,6 +69,19 @@ class Workdir:
     path: Path
     env: dict[str, str]
 
+    @classmethod
+    def at(cls, path: Path, data_dir: Path) -> Workdir:
+        """A working directory at ``path`` with its own MLflow store (sqlite in it)."""
+        env = dict(os.environ)
+        env.update(
+            MLFLOW_TRACKING_URI=f"sqlite:///{path}/mlflow.db",
+            BENCHFLOW_DATA_DIR=str(data_dir),
+            MLFLOW_DISABLE_TELEMETRY="true",
+            PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+        )
+        env.pop("HYDRA_FULL_ERROR", None)
+        return cls(path, env)
+
     @property
     def tracking_uri(self) -> str:
         return self.env["MLFLOW_TRACKING_URI"]
@@ -115,15 +128,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def workdir(tmp_path, data_dir) -> Workdir:
-    env = dict(os.environ)
-    env.update(
-        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
-        BENCHFLOW_DATA_DIR=str(data_dir),
-        MLFLOW_DISABLE_TELEMETRY="true",
-        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
-    )
-    env.pop("HYDRA_FULL_ERROR", None)
-    return Workdir(tmp_path, env)
+    return Workdir.at(tmp_path, data_dir)
 
 
 # Small, fast defaults for trials in tests.

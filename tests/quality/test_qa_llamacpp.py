@@ -10,13 +10,12 @@ configuration give the same answers."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import REPO, Workdir
+from conftest import Workdir
 
 N = 15  # questions: three of each category of the shipped set (they are interleaved)
 QUICK = ["warmup_s=0", "monitor.interval_s=0.2", "progress=off"]
@@ -39,16 +38,7 @@ def qa_args(srv, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def qa_workdir(tmp_path_factory, data_dir) -> Workdir:
     """One working directory (and MLflow store) for this module's trials."""
-    path = tmp_path_factory.mktemp("qa")
-    env = dict(os.environ)
-    env.update(
-        MLFLOW_TRACKING_URI=f"sqlite:///{path}/mlflow.db",
-        BENCHFLOW_DATA_DIR=str(data_dir),
-        MLFLOW_DISABLE_TELEMETRY="true",
-        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
-    )
-    env.pop("HYDRA_FULL_ERROR", None)
-    return Workdir(path, env)
+    return Workdir.at(tmp_path_factory.mktemp("qa"), data_dir)
 
 
 @pytest.fixture(scope="module")

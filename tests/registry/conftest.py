@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 import pytest
-from conftest import REPO, Workdir
+from conftest import Workdir
 
 SPEC = """description: in-process sleep of {ms} ms
 service: sleep
@@ -27,18 +27,9 @@ TRIAL = ["duration_s=1.5", "warmup_s=0.1", "monitor.interval_s=0.2", "progress=o
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory, data_dir) -> Workdir:
-    path = tmp_path_factory.mktemp("lab")
-    env = dict(os.environ)
-    env.update(
-        MLFLOW_TRACKING_URI=f"sqlite:///{path}/mlflow.db",
-        BENCHFLOW_DATA_DIR=str(data_dir),
-        MLFLOW_DISABLE_TELEMETRY="true",
-        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
-    )
-    env.pop("HYDRA_FULL_ERROR", None)
-    wd = Workdir(path, env)
+    wd = Workdir.at(tmp_path_factory.mktemp("lab"), data_dir)
     for ms in (2, 1, 3):
-        (path / f"sleep{ms}.yaml").write_text(SPEC.format(ms=ms))
+        (wd.path / f"sleep{ms}.yaml").write_text(SPEC.format(ms=ms))
     # The first through the CLI (as a user does), the others in process (faster).
     wd.run(
         "targets", "register", "sleepy", "--from", "sleep2.yaml", "--alias", "champion", check=True
@@ -47,7 +38,7 @@ def lab(tmp_path_factory, data_dir) -> Workdir:
 
     c = client(wd)
     for ms in (1, 3):
-        registry.register("sleepy", (path / f"sleep{ms}.yaml").read_text(), client=c)
+        registry.register("sleepy", (wd.path / f"sleep{ms}.yaml").read_text(), client=c)
     wd.run(
         "-m",
         "scenario=targets",
