@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import statistics
 import subprocess
 import tempfile
@@ -26,6 +27,7 @@ from bench.common import Row, Workspace, check, llamacpp_stand_in
 S = "inference"
 ORDER = 40
 PA_VERSION = "2.47.0"
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 
 
 def perf_analyzer() -> tuple[Path, dict[str, str]]:
@@ -74,9 +76,18 @@ def run_perf_analyzer(url: str, model: str, concurrency: int) -> dict[str, float
         if proc.returncode != 0:
             raise RuntimeError(f"perf_analyzer failed: {proc.stdout[-600:]}{proc.stderr[-600:]}")
         (row,) = list(csv.DictReader(out.open()))
+    # Its server-side summary of the last window: how often the dynamic batcher paired
+    # requests, which at concurrency 2 decides the throughput more than any client.
+    inferences = re.findall(r"Inference count: (\d+)", proc.stdout)
+    executions = re.findall(r"Execution count: (\d+)", proc.stdout)
     return {
         "throughput": float(row["Inferences/Second"]),
         "p50_ms": float(row["p50 latency"]) / 1e3,
+        "items_per_execution": (
+            int(inferences[-1]) / int(executions[-1])
+            if inferences and executions and int(executions[-1])
+            else None
+        ),
     }
 
 
@@ -96,7 +107,6 @@ def triton_rows(ws: Workspace) -> list[Row]:
         url = driver.url
         try:
             for c in (1, 2, 4):
-                pa = run_perf_analyzer(url, "matmul", c)
                 o = [
                     "service=pytriton",
                     "service.mode=server",
@@ -105,13 +115,32 @@ def triton_rows(ws: Workspace) -> list[Row]:
                     "duration_s=10",
                     "warmup_s=2",
                 ]
-                m, _, _ = ws.trial(*o)
-                ours, p50 = m["throughput"]["value"], m["latency_ms"]["p50"]
+
+                def driver_run(o=o) -> dict[str, float]:
+                    m = ws.trial(*o)[0]
+                    return {
+                        "throughput": m["throughput"]["value"],
+                        "p50_ms": m["latency_ms"]["p50"],
+                        "items_per_execution": m["extra"].get("triton.items_per_execution"),
+                    }
+
+                # The PyTriton model's own compute time drifts by ±30% between minutes
+                # here: the two take turns, and each keeps its best run (and its p50).
+                pa = mine = {"throughput": 0.0}
+                for r in range(ROUNDS):
+                    for ref in (True, False) if r % 2 == 0 else (False, True):
+                        got = run_perf_analyzer(url, "matmul", c) if ref else driver_run()
+                        if ref and got["throughput"] > pa["throughput"]:
+                            pa = got
+                        elif not ref and got["throughput"] > mine["throughput"]:
+                            mine = got
+                ours, p50 = mine["throughput"], mine["p50_ms"]
                 ratio = ours / pa["throughput"]
                 dp50 = p50 / pa["p50_ms"] - 1
                 how = (
                     f"{ws.how(*o)}  vs  perf_analyzer -m matmul -i http -b 1 "
-                    f"--concurrency-range {c} --stability-percentage 30"
+                    f"--concurrency-range {c} --stability-percentage 30 "
+                    f"(best of {ROUNDS} turns each)"
                 )
                 out += [
                     Row(
@@ -139,10 +168,22 @@ def triton_rows(ws: Workspace) -> list[Row]:
                         abs(dp50) <= 0.10,
                         how,
                     ),
+                    Row(
+                        S,
+                        "  same: items per execution on the server (dynamic batching), "
+                        f"driver's run (perf_analyzer's: {_fmt(pa['items_per_execution'])})",
+                        mine["items_per_execution"],
+                        "items",
+                        how=how,
+                    ),
                 ]
         finally:
             driver.teardown()
     return out
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 # -- the openai driver vs the openai package ------------------------------------

@@ -6,9 +6,9 @@ one run, on the same server, file or endpoint:
   size, threads, file; psync engine, direct I/O on both);
 - s3 64 MiB PUT/GET vs a plain boto3 loop with the same concurrency and client config.
 
-The machine may be shared: each pair runs ``BENCH_ROUNDS`` times (default 2), reference
-and benchflow taking turns to go first, and the best of each is kept (other load only
-slows either down).
+The machine may be shared: each pair runs ``BENCH_ROUNDS`` times (default 2; at least 3
+for PostgreSQL, whose fsync-bound TPC-B varies most), reference and benchflow taking
+turns to go first, and the best of each is kept (other load only slows either down).
 """
 
 from __future__ import annotations
@@ -38,10 +38,19 @@ def rows(ws: Workspace) -> list[Row]:
     return [*_postgres(ws), *_fileio(ws), *_s3(ws)]
 
 
-def _pair(label: str, unit: str, target: float, reference, ours, ref_how: str, how: str):
-    """Alternate reference and benchflow ROUNDS times; rows for both and their ratio."""
+def _pair(
+    label: str,
+    unit: str,
+    target: float,
+    reference,
+    ours,
+    ref_how: str,
+    how: str,
+    rounds: int = ROUNDS,
+):
+    """Alternate reference and benchflow ``rounds`` times; rows for both and their ratio."""
     ref_best = ours_best = 0.0
-    for r in range(ROUNDS):
+    for r in range(rounds):
         # Whoever runs second can inherit the first one's backlog (a virtual disk's
         # write-back, the server's checkpoints): the order alternates between rounds.
         first, second = (reference, ours) if r % 2 == 0 else (ours, reference)
@@ -72,14 +81,20 @@ def _postgres(ws: Workspace) -> list[Row]:
     from benchflow.embedded import EmbeddedPostgres
 
     out: list[Row] = []
-    clients = 4
+    clients, threads = 4, 2
+    # pgbench's own advice: a scale below the number of clients mostly measures the
+    # clients queueing on the branch rows' locks (TPC-B updates one of `scale` branches).
+    scale = clients
+    rounds = max(ROUNDS, 3)  # 10 s of fsync-bound TPC-B varies by ±10% here
     with EmbeddedPostgres(settings={"shared_buffers": "256MB"}, name="bench-postgres") as pg:
         env = {**os.environ, **pg.environ()}
-        subprocess.run(["pgbench", "-i", "-s", "1", "-q"], env=env, check=True, capture_output=True)
+        subprocess.run(
+            ["pgbench", "-i", "-s", str(scale), "-q"], env=env, check=True, capture_output=True
+        )
         dsn = f"host={pg.host} port={pg.port} user={pg.user} dbname={pg.database}"
 
         def pgbench(*args: str) -> float:
-            base = ["pgbench", "-n", "-c", str(clients), "-j", "2", *args]
+            base = ["pgbench", "-n", "-c", str(clients), "-j", str(threads), *args]
             subprocess.run([*base, "-T", str(WARMUP_S)], env=env, capture_output=True)  # warm-up
             res = subprocess.run(
                 [*base, "-T", str(DURATION_S)], env=env, capture_output=True, text=True, check=True
@@ -87,30 +102,116 @@ def _postgres(ws: Workspace) -> list[Row]:
             return float(re.search(r"tps = ([\d.]+)", res.stdout).group(1))
 
         for label, ref_args, workload, target in (
-            ("postgres select-only by primary key, 4 clients (TPS)", ["-S"], "point_select", 70),
-            ("postgres TPC-B-like, 4 clients (TPS)", [], "tpcb", 90),
+            (
+                "postgres select-only by primary key, 4 clients, scale 4 (TPS)",
+                ["-S"],
+                "point_select",
+                70,
+            ),
+            ("postgres TPC-B-like, 4 clients, scale 4 (TPS)", [], "tpcb", 90),
         ):
             o = [
                 "service=postgres",
                 "service.mode=server",
                 f"service.dsn='{dsn}'",
-                "service.rows=100000",
+                f"service.rows={100_000 * scale}",
                 f"service.workload={workload}",
                 f"concurrency={clients}",
+                f"clients={threads}",  # load-generator processes, as pgbench's -j threads
                 f"duration_s={DURATION_S}",
                 f"warmup_s={WARMUP_S}",
             ]
-            out += _pair(
+            pair = _pair(
                 label,
                 "tx/s",
                 target,
                 lambda a=ref_args: pgbench(*a),
                 lambda o=o: ws.trial(*o)[0]["throughput"]["value"],
-                f"pgbench -n -c {clients} -j 2 -T {DURATION_S} {' '.join(ref_args)} "
-                "(scale 1, same embedded server)",
+                f"pgbench -n -c {clients} -j {threads} -T {DURATION_S} {' '.join(ref_args)} "
+                f"(scale {scale}, same embedded server)",
                 ws.how(*o),
+                rounds=rounds,
             )
+            # What the client library itself reaches, without the harness: the ceiling
+            # for any psycopg2-based driver on this machine.
+            plain = 0.0
+            for _ in range(rounds):
+                plain = max(plain, _psycopg2_loop(dsn, workload, clients, scale))
+                time.sleep(PAUSE_S)
+            ref = pair[0].value
+            how = (
+                f"bench/storage.py:_psycopg2_loop: {clients} threads, one connection each, "
+                "the same statements on pgbench's tables"
+            )
+            out += [
+                *pair,
+                Row(S, f"  same: plain psycopg2 loop, {clients} threads", plain, "tx/s", how=how),
+                Row(S, "  same: plain psycopg2 loop / reference", 100 * plain / ref, "%", how=how),
+            ]
     return out
+
+
+def _psycopg2_loop(dsn: str, workload: str, threads: int, scale: int) -> float:
+    """Transactions/s of the bare client library: pgbench's statements from ``threads``
+    threads, one connection each, for WARMUP_S then DURATION_S (no harness at all)."""
+    import random
+
+    import psycopg2
+
+    accounts, tellers = 100_000 * scale, 10 * scale
+
+    def tpcb(cur, rng) -> None:
+        aid = int(rng.random() * accounts) + 1
+        bid = int(rng.random() * scale) + 1
+        tid = int(rng.random() * tellers) + 1
+        delta = int(rng.random() * 10001) - 5000
+        cur.execute(b"BEGIN")
+        cur.execute(
+            b"UPDATE pgbench_accounts SET abalance = abalance + %d WHERE aid = %d" % (delta, aid)
+        )
+        cur.execute(b"SELECT abalance FROM pgbench_accounts WHERE aid = %d" % aid)
+        cur.fetchone()
+        cur.execute(
+            b"UPDATE pgbench_tellers SET tbalance = tbalance + %d WHERE tid = %d" % (delta, tid)
+        )
+        cur.execute(
+            b"UPDATE pgbench_branches SET bbalance = bbalance + %d WHERE bid = %d" % (delta, bid)
+        )
+        cur.execute(
+            b"INSERT INTO pgbench_history (tid, bid, aid, delta, mtime)"
+            b" VALUES (%d, %d, %d, %d, CURRENT_TIMESTAMP)" % (tid, bid, aid, delta)
+        )
+        cur.execute(b"COMMIT")
+
+    def select(cur, rng) -> None:
+        cur.execute(
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = %d"
+            % (int(rng.random() * accounts) + 1)
+        )
+        cur.fetchone()
+
+    tx = tpcb if workload == "tpcb" else select
+    conns = [psycopg2.connect(dsn) for _ in range(threads)]
+    counts = [0] * threads
+    t0 = time.perf_counter()
+    start, end = t0 + WARMUP_S, t0 + WARMUP_S + DURATION_S
+
+    def worker(i: int) -> None:
+        conns[i].autocommit = True
+        cur, rng, n = conns[i].cursor(), random.Random(i), 0
+        while (now := time.perf_counter()) < end:
+            tx(cur, rng)
+            n += now >= start
+        counts[i] = n
+
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    for c in conns:
+        c.close()
+    return sum(counts) / DURATION_S
 
 
 # -- fileio vs fio ---------------------------------------------------------------------

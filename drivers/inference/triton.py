@@ -8,6 +8,10 @@ from ``service.inputs.<name>.shape``, the dtype from the metadata (or
 batches are cycled through) or a ``.npy`` file (``file``). ``zeros`` is refused:
 all-zero tensors flatter compression and sparse kernels.
 
+Over HTTP, each variant's request is built once by tritonclient and sent on one
+keep-alive connection per worker (:mod:`drivers.inference.triton_http`); over gRPC,
+tritonclient's asyncio client sends it.
+
 ``shared_memory=system`` passes inputs and outputs through POSIX shared memory
 regions registered with the server (client and server on one host), as
 perf_analyzer's ``--shared-memory system`` does.
@@ -37,6 +41,7 @@ from benchflow.servers import free_port
 from drivers.base import ConfigRefused, Driver, DriverError, ServiceSettings
 from drivers.inference import launchers
 from drivers.inference.launchers import ContainerSettings, PytritonOptions
+from drivers.inference.triton_http import InferConnection, build_request
 
 log = logging.getLogger("benchflow.drivers.triton")
 
@@ -81,9 +86,10 @@ class _Tensor:
 
 @dataclass
 class _Worker:
-    client: Any
-    variants: list[tuple[list, list]]  # (inputs, outputs) per distinct batch
+    client: Any  # tritonclient's asyncio client: shared-memory control; gRPC requests
+    variants: list[tuple]  # per distinct batch: (inputs, outputs), or HTTP (request, outputs)
     regions: list[tuple[str, Any]]  # shared memory (name, handle)
+    http: InferConnection | None = None  # HTTP: the connection measured requests go on
 
 
 def _mod(protocol: str):
@@ -356,9 +362,9 @@ class TritonDriver(Driver):
         return variants
 
     # -- workers --------------------------------------------------------------------
-    # Requests go through tritonclient's asyncio clients on the engine's one event
-    # loop: the threaded HTTP client (geventhttpclient) binds its connection to the
-    # thread that made it, and the engine runs each phase on fresh threads.
+    # Requests run on the engine's one event loop: gRPC through tritonclient's asyncio
+    # client, HTTP as requests tritonclient builds once, sent on a lean keep-alive
+    # connection (triton_http.py says why).
     def _aclient(self):
         s = self.settings
         if s.protocol == "grpc":
@@ -390,7 +396,15 @@ class TritonDriver(Driver):
                     ins.append(i)
                 outs = [self._requested(mod, t.name) for t in self.outputs]
                 variants.append((ins, outs))
-        return _Worker(client, variants, regions)
+        if s.protocol == "grpc":
+            return _Worker(client, variants, regions)
+        host, _, port = self.url.rpartition(":")
+        requests = [
+            build_request(self.url, s.model, s.model_version, ins, outs) for ins, outs in variants
+        ]
+        return _Worker(
+            client, requests, regions, InferConnection(host, int(port), s.request_timeout_s)
+        )
 
     def _requested(self, mod, name: str):
         if self.settings.protocol == "http":
@@ -448,22 +462,24 @@ class TritonDriver(Driver):
                 shm.destroy_shared_memory_region(handle)
             except Exception as exc:
                 log.debug("destroy %s: %s", name, exc)
+        if state.http is not None:
+            state.http.close()
         await state.client.close()
 
     async def operation(self, ctx) -> int:
         w: _Worker = ctx.state
+        if w.http is not None:
+            await w.http.infer(*w.variants[ctx.seq % len(w.variants)])
+            return self.trial.run.batch
         ins, outs = w.variants[ctx.seq % len(w.variants)]
         s = self.settings
-        if s.protocol == "grpc":
-            await w.client.infer(
-                s.model,
-                ins,
-                model_version=s.model_version,
-                outputs=outs,
-                client_timeout=s.request_timeout_s,
-            )
-        else:
-            await w.client.infer(s.model, ins, model_version=s.model_version, outputs=outs)
+        await w.client.infer(
+            s.model,
+            ins,
+            model_version=s.model_version,
+            outputs=outs,
+            client_timeout=s.request_timeout_s,
+        )
         return self.trial.run.batch
 
     def classify_error(self, exc: BaseException) -> str:

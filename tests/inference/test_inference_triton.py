@@ -1,9 +1,15 @@
 """The ``triton`` driver against a real Triton server (PyTriton's, the CPU stand-in),
 through ``python -m benchflow``: HTTP and gRPC, system shared memory, the batch
 dimension, Triton's statistics over the window, data from a file, and the
-failures (zeros, unknown model, batch above max_batch_size, never ready)."""
+failures (zeros, unknown model, batch above max_batch_size, never ready, an error
+reply, a timeout, the server killed mid-trial)."""
 
 from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -160,3 +166,85 @@ def test_prometheus_metrics_differenced_over_a_window(pytriton_server):
     assert watch.failures == 0
     assert out["server.inference_request_success_total.delta"] == 7
     assert out["server.inference_count_total.delta"] == 7
+
+
+def test_http_error_reply_timeout_and_reconnect_on_the_real_server(pytriton_server):
+    """The driver's own HTTP connection (triton_http.py) against the real server: a
+    request Triton rejects (an input the model does not have) raises tritonclient's
+    InferenceServerException with the HTTP status and Triton's message, and the
+    connection stays usable; a request past its timeout raises TimeoutError and the
+    next one reconnects and succeeds."""
+    import asyncio
+
+    import tritonclient.http as th
+    from tritonclient.utils import InferenceServerException
+
+    from drivers.inference.triton_http import InferConnection, build_request
+
+    def request(name: str) -> tuple[bytes, list[str]]:
+        i = th.InferInput(name, [1, pytriton_server.dim], "FP32")
+        i.set_data_from_numpy(np.ones((1, pytriton_server.dim), np.float32), binary_data=True)
+        out = th.InferRequestedOutput("y", binary_data=True)
+        return build_request(pytriton_server.http, pytriton_server.model, "", [i], [out])
+
+    async def scenario() -> InferenceServerException:
+        host, _, port = pytriton_server.http.rpartition(":")
+        conn = InferConnection(host, int(port), 10)
+        with pytest.raises(InferenceServerException) as rejected:
+            await conn.infer(*request("not_an_input"))
+        await conn.infer(*request("x"))  # the same connection, after an error reply
+        conn.timeout_s = 1e-5
+        with pytest.raises(TimeoutError):
+            await conn.infer(*request("x"))
+        conn.timeout_s = 10
+        await conn.infer(*request("x"))  # a fresh connection
+        conn.close()
+        return rejected.value
+
+    err = asyncio.run(scenario())
+    assert err.status() == "400"
+    assert "not_an_input" in err.message()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_server_killed_mid_trial_counts_errors_and_invalidates(workdir, tmp_path, protocol):
+    """Kill a Triton server (its whole process group) 1.5 s into a 5 s measured phase:
+    the requests after it are counted errors (connection lost / refused / unavailable),
+    the trial is invalid, nothing hangs."""
+    from fixtures.pytriton import pytriton_available, start_pytriton
+
+    assert pytriton_available()
+    server, http, grpc, _ = start_pytriton(tmp_path / "logs")
+    killer = threading.Timer(1.5, lambda: os.killpg(server.pid, signal.SIGKILL))
+    try:
+        killer.start()
+        t0 = time.monotonic()
+        _, tdir, meta = one_trial(
+            workdir,
+            "service=pytriton",
+            "service.mode=server",
+            f"service.endpoint={grpc if protocol == 'grpc' else http}",
+            f"service.protocol={protocol}",
+            "service.request_timeout_s=5",
+            "service.statistics=false",
+            "duration_s=5",
+            "warmup_s=0",
+            "stall_timeout_s=30",
+            *NO_MLFLOW,
+        )
+        assert time.monotonic() - t0 < 90
+    finally:
+        killer.cancel()
+        server.stop()
+    assert group_gone(server.pid)
+    m = workdir.metrics(tdir)
+    assert meta["status"] == "finished", meta.get("error")
+    assert m["latency_ms"]["count"] > 0 and m["errors"]["count"] > 0
+    assert set(m["errors"]["by_class"]) <= {
+        "connection_lost",
+        "connection_refused",
+        "unavailable",
+        "grpc_unavailable",
+    }, m["errors"]["by_class"]
+    assert not m["validity"]["valid"]
+    assert any("error rate" in r for r in m["validity"]["reasons"])
