@@ -208,14 +208,30 @@ def test_http_error_reply_timeout_and_reconnect_on_the_real_server(pytriton_serv
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_server_killed_mid_trial_counts_errors_and_invalidates(workdir, tmp_path, protocol):
-    """Kill a Triton server (its whole process group) 1.5 s into a 5 s measured phase:
-    the requests after it are counted errors (connection lost / refused / unavailable),
-    the trial is invalid, nothing hangs."""
+    """Kill a Triton server (its whole process group) once the trial's 5 s measured
+    phase has made 20 inferences (Triton's own count): the requests after it are
+    counted errors (connection lost / refused / unavailable), the trial is invalid,
+    nothing hangs."""
+    import tritonclient.http as th
     from fixtures.pytriton import pytriton_available, start_pytriton
 
     assert pytriton_available()
     server, http, grpc, _ = start_pytriton(tmp_path / "logs")
-    killer = threading.Timer(1.5, lambda: os.killpg(server.pid, signal.SIGKILL))
+    stop = threading.Event()
+
+    def kill_once_measuring() -> None:
+        # A fixed delay is not enough: a busy CI machine can still be in set-up.
+        control = th.InferenceServerClient(http)
+        while not stop.wait(0.05):
+            try:
+                stats = control.get_inference_statistics("matmul")["model_stats"][0]
+            except Exception:
+                continue
+            if int(stats["inference_count"]) >= 20:
+                os.killpg(server.pid, signal.SIGKILL)
+                return
+
+    killer = threading.Thread(target=kill_once_measuring, daemon=True)
     try:
         killer.start()
         t0 = time.monotonic()
@@ -234,7 +250,7 @@ def test_server_killed_mid_trial_counts_errors_and_invalidates(workdir, tmp_path
         )
         assert time.monotonic() - t0 < 90
     finally:
-        killer.cancel()
+        stop.set()
         server.stop()
     assert group_gone(server.pid)
     m = workdir.metrics(tdir)
