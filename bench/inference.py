@@ -3,7 +3,8 @@
 
 - ``triton`` driver vs ``perf_analyzer`` (tritonclient 2.47.0's binary) on the same
   PyTriton model at concurrency 1, 2 and 4: throughput ≥ 90% of perf_analyzer's,
-  p50 within 10%;
+  p50 within 10%; and the HTTP client's own CPU per request, tritonclient's asyncio
+  client against the driver's prebuilt request;
 - ``openai`` driver vs a minimal raw streaming client (the ``openai`` package, one
   request at a time) on llama.cpp: TTFT and inter-token latency within 10%;
 - the same comparison on a calibration stream with known timing (bench/sse_server.py),
@@ -177,9 +178,68 @@ def triton_rows(ws: Workspace) -> list[Row]:
                         how=how,
                     ),
                 ]
+            a, lean = _triton_client_cpu(url)
+            how = "bench/inference.py:_triton_client_cpu: 2,000 requests each, one connection"
+            out += [
+                Row(
+                    S,
+                    "triton HTTP client CPU per request, tritonclient's asyncio client",
+                    a,
+                    "µs",
+                    how=how,
+                ),
+                Row(
+                    S,
+                    "  same, the driver's prebuilt request on its own connection",
+                    lean,
+                    "µs",
+                    how=how,
+                ),
+            ]
         finally:
             driver.teardown()
     return out
+
+
+def _triton_client_cpu(url: str, n: int = 2_000) -> tuple[float, float]:
+    """Client CPU µs per inference at concurrency 1 (one batch-1 request of the matmul
+    model): tritonclient.http.aio, and triton_http's prebuilt request."""
+    import asyncio
+
+    import numpy as np
+    import tritonclient.http as th
+    import tritonclient.http.aio as aio
+
+    from drivers.inference.triton_http import InferConnection, build_request
+
+    x = th.InferInput("x", [1, 64], "FP32")
+    x.set_data_from_numpy(np.random.default_rng(0).random((1, 64), np.float32), binary_data=True)
+    y = th.InferRequestedOutput("y", binary_data=True)
+
+    async def timed(call) -> float:
+        for _ in range(200):  # warm-up
+            await call()
+        c0 = time.process_time()
+        for _ in range(n):
+            await call()
+        return (time.process_time() - c0) / n * 1e6
+
+    async def both() -> tuple[float, float]:
+        client = aio.InferenceServerClient(url, conn_limit=1)
+        try:
+            a = await timed(lambda: client.infer("matmul", [x], outputs=[y]))
+        finally:
+            await client.close()
+        host, _, port = url.rpartition(":")
+        conn = InferConnection(host, int(port), 10)
+        request = build_request(url, "matmul", "", [x], [y])
+        try:
+            lean = await timed(lambda: conn.infer(*request))
+        finally:
+            conn.close()
+        return a, lean
+
+    return asyncio.run(both())
 
 
 def _fmt(x: float | None) -> str:

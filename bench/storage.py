@@ -1,7 +1,9 @@
 """Storage drivers against the reference tools (issue: storage drivers), side by side in
 one run, on the same server, file or endpoint:
 
-- postgres select-only by primary key and TPC-B-like vs ``pgbench`` (same clients);
+- postgres select-only by primary key and TPC-B-like vs ``pgbench`` (same clients), a
+  plain psycopg2 loop beside them, and psycopg2's client CPU per point select with the
+  parameter adapted by psycopg2 or formatted into the SQL;
 - fileio sequential 1 MiB read/write and random 4 KiB read vs ``fio`` (same block
   size, threads, file; psync engine, direct I/O on both);
 - s3 64 MiB PUT/GET vs a plain boto3 loop with the same concurrency and client config.
@@ -148,7 +150,57 @@ def _postgres(ws: Workspace) -> list[Row]:
                 Row(S, f"  same: plain psycopg2 loop, {clients} threads", plain, "tx/s", how=how),
                 Row(S, "  same: plain psycopg2 loop / reference", 100 * plain / ref, "%", how=how),
             ]
+        how = "bench/storage.py:_adaptation_cpu: 20,000 point selects each way, one connection"
+        adapted, formatted = _adaptation_cpu(dsn, 100_000 * scale)
+        out += [
+            Row(
+                S,
+                "psycopg2 client CPU per point select, parameter passed to psycopg2",
+                adapted,
+                "µs",
+                how=how,
+            ),
+            Row(
+                S,
+                "  same, parameter formatted into the SQL (%d, the driver's way)",
+                formatted,
+                "µs",
+                how=how,
+            ),
+        ]
     return out
+
+
+def _adaptation_cpu(dsn: str, accounts: int, n: int = 20_000) -> tuple[float, float]:
+    """Client CPU µs per point select on one connection: the parameter adapted by
+    psycopg2, and formatted into the SQL as the postgres driver does."""
+    import psycopg2
+
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    cur = conn.cursor()
+    ids = [1 + (i * 7919) % accounts for i in range(n)]
+    sql = "SELECT abalance FROM pgbench_accounts WHERE aid = %s"
+    template = sql.replace("%s", "%d").encode()
+
+    def adapted(aid: int) -> None:
+        cur.execute(sql, (aid,))
+        cur.fetchone()
+
+    def formatted(aid: int) -> None:
+        cur.execute(template % aid)
+        cur.fetchone()
+
+    out = []
+    for query in (adapted, formatted):
+        for aid in ids[:1000]:  # warm-up
+            query(aid)
+        c0 = time.process_time()
+        for aid in ids:
+            query(aid)
+        out.append((time.process_time() - c0) / n * 1e6)
+    conn.close()
+    return out[0], out[1]
 
 
 def _psycopg2_loop(dsn: str, workload: str, threads: int, scale: int) -> float:

@@ -86,7 +86,7 @@ class _Tensor:
 
 @dataclass
 class _Worker:
-    client: Any  # tritonclient's asyncio client: shared-memory control; gRPC requests
+    client: Any  # tritonclient's asyncio client: gRPC requests, shared memory (else None)
     variants: list[tuple]  # per distinct batch: (inputs, outputs), or HTTP (request, outputs)
     regions: list[tuple[str, Any]]  # shared memory (name, handle)
     http: InferConnection | None = None  # HTTP: the connection measured requests go on
@@ -378,7 +378,8 @@ class TritonDriver(Driver):
     async def open_worker(self, worker: int) -> _Worker:
         s = self.settings
         mod = _mod(s.protocol)
-        client = self._aclient()
+        # Over HTTP the asyncio client only registers shared memory: none without it.
+        client = self._aclient() if s.protocol == "grpc" or s.shared_memory == "system" else None
         regions: list[tuple[str, Any]] = []
         variants = []
         if s.shared_memory == "system":
@@ -464,7 +465,8 @@ class TritonDriver(Driver):
                 log.debug("destroy %s: %s", name, exc)
         if state.http is not None:
             state.http.close()
-        await state.client.close()
+        if state.client is not None:
+            await state.client.close()
 
     async def operation(self, ctx) -> int:
         w: _Worker = ctx.state

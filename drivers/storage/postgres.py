@@ -645,8 +645,8 @@ def _statements(p: str) -> dict[str, tuple[str, list[str]]]:
 
     Every parameter is an ``int`` the driver draws itself, so the hot path formats
     them into the SQL with ``%d`` instead of passing them to psycopg2: its
-    parameter adaptation cost 4–10 µs of client CPU per statement here (docs/storage.md),
-    up to a quarter of a point select's, and ``%d`` of an int cannot inject anything.
+    parameter adaptation cost ~4 µs of client CPU per point select here (``make bench``,
+    storage section), and ``%d`` of an int cannot inject anything.
     """
     statements = {
         "bf_select": (f"SELECT abalance FROM {p}accounts WHERE aid = %s", ["int"]),
