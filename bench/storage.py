@@ -3,7 +3,9 @@ one run, on the same server, file or endpoint:
 
 - postgres select-only by primary key and TPC-B-like vs ``pgbench`` (same clients), a
   plain psycopg2 loop beside them, and psycopg2's client CPU per point select with the
-  parameter adapted by psycopg2 or formatted into the SQL;
+  parameter adapted by psycopg2 or formatted into the SQL; then both pairs again with
+  the server pinned to one CPU and the clients to another (``placement.client_cpus``
+  for benchflow, ``taskset`` for pgbench), so neither client's CPU is the server's;
 - fileio sequential 1 MiB read/write and random 4 KiB read vs ``fio`` (same block
   size, threads, file; psync engine, direct I/O on both);
 - s3 64 MiB PUT/GET vs a plain boto3 loop with the same concurrency and client config.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -80,6 +83,18 @@ def _pair(
 
 # -- PostgreSQL vs pgbench ---------------------------------------------------------------
 def _postgres(ws: Workspace) -> list[Row]:
+    cpus = sorted(os.sched_getaffinity(0))
+    out = _postgres_pairs(ws, pin=None)
+    if len(cpus) >= 2:
+        # The client's CPU is not the server's: the server on one CPU, pgbench or the
+        # trial's load generator (placement.client_cpus) on another. What a storage team
+        # measures with the client on its own node.
+        out += _postgres_pairs(ws, pin=(cpus[0], cpus[-1]))
+    return out
+
+
+def _postgres_pairs(ws: Workspace, pin: tuple[int, int] | None) -> list[Row]:
+    """select-only and TPC-B-like pairs against pgbench; ``pin``: (server CPU, client CPU)."""
     from benchflow.embedded import EmbeddedPostgres
 
     out: list[Row] = []
@@ -88,29 +103,52 @@ def _postgres(ws: Workspace) -> list[Row]:
     # clients queueing on the branch rows' locks (TPC-B updates one of `scale` branches).
     scale = clients
     rounds = max(ROUNDS, 3)  # 10 s of fsync-bound TPC-B varies by ±10% here
-    with EmbeddedPostgres(settings={"shared_buffers": "256MB"}, name="bench-postgres") as pg:
+    where = f", server on CPU {pin[0]}, clients on CPU {pin[1]}" if pin else ""
+    taskset = ["taskset", "--cpu-list", str(pin[1])] if pin else []
+    with EmbeddedPostgres(
+        settings={"shared_buffers": "256MB"},
+        name="bench-postgres",
+        cpus=[pin[0]] if pin else None,
+    ) as pg:
         env = {**os.environ, **pg.environ()}
         subprocess.run(
             ["pgbench", "-i", "-s", str(scale), "-q"], env=env, check=True, capture_output=True
         )
         dsn = f"host={pg.host} port={pg.port} user={pg.user} dbname={pg.database}"
 
+        # Client CPU per transaction of every run, µs: on CPUs shared with the server,
+        # what separates the two clients' figures.
+        cpu_per_tx: dict[str, list[float]] = {"pgbench": [], "benchflow": []}
+
         def pgbench(*args: str) -> float:
-            base = ["pgbench", "-n", "-c", str(clients), "-j", str(threads), *args]
+            base = [*taskset, "pgbench", "-n", "-c", str(clients), "-j", str(threads), *args]
             subprocess.run([*base, "-T", str(WARMUP_S)], env=env, capture_output=True)  # warm-up
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             res = subprocess.run(
                 [*base, "-T", str(DURATION_S)], env=env, capture_output=True, text=True, check=True
             )
-            return float(re.search(r"tps = ([\d.]+)", res.stdout).group(1))
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            tps = float(re.search(r"tps = ([\d.]+)", res.stdout).group(1))
+            cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+            cpu_per_tx["pgbench"].append(1e6 * cpu / (tps * DURATION_S))
+            return tps
+
+        def ours(o: list[str]) -> float:
+            m = ws.trial(*o)[0]
+            tps = m["throughput"]["value"]
+            # harness_cpu_util: the worker and its clients, as a fraction of all CPUs
+            util = m["resource"]["harness_cpu_util"]
+            cpu_per_tx["benchflow"].append(1e6 * util * (os.cpu_count() or 1) / tps)
+            return tps
 
         for label, ref_args, workload, target in (
             (
-                "postgres select-only by primary key, 4 clients, scale 4 (TPS)",
+                f"postgres select-only by primary key, 4 clients, scale 4{where} (TPS)",
                 ["-S"],
                 "point_select",
                 70,
             ),
-            ("postgres TPC-B-like, 4 clients, scale 4 (TPS)", [], "tpcb", 90),
+            (f"postgres TPC-B-like, 4 clients, scale 4{where} (TPS)", [], "tpcb", 90),
         ):
             o = [
                 "service=postgres",
@@ -122,20 +160,41 @@ def _postgres(ws: Workspace) -> list[Row]:
                 f"clients={threads}",  # load-generator processes, as pgbench's -j threads
                 f"duration_s={DURATION_S}",
                 f"warmup_s={WARMUP_S}",
+                *([f"placement.client_cpus={pin[1]}"] if pin else []),
             ]
             pair = _pair(
                 label,
                 "tx/s",
                 target,
                 lambda a=ref_args: pgbench(*a),
-                lambda o=o: ws.trial(*o)[0]["throughput"]["value"],
-                f"pgbench -n -c {clients} -j {threads} -T {DURATION_S} {' '.join(ref_args)} "
-                f"(scale {scale}, same embedded server)",
+                lambda o=o: ours(o),
+                f"{' '.join(taskset)} pgbench -n -c {clients} -j {threads} -T {DURATION_S} "
+                f"{' '.join(ref_args)} (scale {scale}, same embedded server"
+                + (f", pinned to CPU {pin[0]})" if pin else ")"),
                 ws.how(*o),
                 rounds=rounds,
             )
+            out += pair
+            if pin:
+                continue
+            how = (
+                "pgbench: getrusage(RUSAGE_CHILDREN) over the measured run; benchflow: "
+                "resource.harness_cpu_util × CPUs; ÷ transactions; mean of the pair's runs"
+            )
+            out += [
+                Row(
+                    S,
+                    f"  same: client CPU per transaction, {tool}",
+                    sum(v) / len(v),
+                    "µs",
+                    how=how,
+                )
+                for tool, v in cpu_per_tx.items()
+            ]
+            for v in cpu_per_tx.values():
+                v.clear()
             # What the client library itself reaches, without the harness: the ceiling
-            # for any psycopg2-based driver on this machine.
+            # for any psycopg2-based driver sharing the CPUs with the server.
             plain = 0.0
             for _ in range(rounds):
                 plain = max(plain, _psycopg2_loop(dsn, workload, clients, scale))
@@ -146,10 +205,11 @@ def _postgres(ws: Workspace) -> list[Row]:
                 "the same statements on pgbench's tables"
             )
             out += [
-                *pair,
                 Row(S, f"  same: plain psycopg2 loop, {clients} threads", plain, "tx/s", how=how),
                 Row(S, "  same: plain psycopg2 loop / reference", 100 * plain / ref, "%", how=how),
             ]
+        if pin:
+            return out
         how = "bench/storage.py:_adaptation_cpu: 20,000 point selects each way, one connection"
         adapted, formatted = _adaptation_cpu(dsn, 100_000 * scale)
         out += [

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from benchflow.limits import LimitsConfig, check_needs, check_sweep
+from benchflow.placement import PlacementConfig, format_cpus
 from drivers.base import ConfigRefused, Driver, Resources, RunSettings, ServiceSettings
 
 CONFIG_NAME = "config"
@@ -139,6 +140,7 @@ class BenchConfig(_Strict):
     approve: bool = Field(False, description="submit a sweep above the budget anyway")
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
     envs_dir: str = Field("~/.cache/benchflow/envs", description="cached isolated venvs")
 
     @model_validator(mode="after")
@@ -227,6 +229,17 @@ def _validate(
         service = driver_cls.Settings.model_validate(bench.service)
     except ValidationError as exc:
         raise _from_pydantic(exc, driver_cls.Settings, bench.service, prefix="service") from None
+    if bench.placement.active:  # one spelling per CPU set in params and the config hash
+        resolved["placement"] = {
+            k: format_cpus(v) if v else None for k, v in bench.placement.model_dump().items()
+        }
+    if bench.placement.server_cpus and getattr(service, "mode", None) == "server":
+        raise ConfigError(
+            "placement.server_cpus",
+            bench.placement.server_cpus,
+            "only for a server the trial launches (service.mode=embedded); pin a running "
+            "server where it runs",
+        )
     spec = TrialSpec(bench, service, driver_cls, resolved, tuple(overrides), target)
     try:
         driver_cls.check(service, spec.run_settings)
@@ -501,6 +514,10 @@ NON_IDENTITY = (
 def config_hash(spec: TrialSpec, driver_version: str) -> str:
     """Identity of what a trial measures: equal for the repetitions of one config."""
     ident = {k: v for k, v in spec.resolved.items() if k not in NON_IDENTITY}
+    if not spec.cfg.placement.active:
+        # Unset, it changes nothing measured: trials from before the key existed keep
+        # their hash (and `resume` still finds them).
+        ident.pop("placement", None)
     ident["_driver"] = f"{spec.service.driver}=={driver_version}"
     blob = json.dumps(ident, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchflow import placement
 from benchflow.lineage import CONTAINER_DIGEST_ENV
 
 log = logging.getLogger("benchflow.servers")
@@ -149,8 +150,16 @@ class ServerProcess:
         cwd: str | Path | None = None,
         stop_signal: int = signal.SIGTERM,
         container: Container | None = None,
+        cpus: Sequence[int] | None = None,
     ) -> None:
+        """``cpus``: pin the server (and every process it forks) to these CPUs; by default
+        the trial's ``placement.server_cpus`` (:mod:`benchflow.placement`)."""
         self.name = name
+        cpus = placement.server_cpus() if cpus is None else list(cpus)
+        # taskset, not preexec_fn: the worker has threads, and preexec_fn may deadlock.
+        taskset = shutil.which("taskset") if cpus else None
+        if cpus and taskset is None:
+            raise ServerFailed(f"{name}: placement.server_cpus needs `taskset` (util-linux)")
         self.container = container
         self.digest: str | None = None
         self._saved_digest_env: str | None = None
@@ -170,6 +179,8 @@ class ServerProcess:
             self._saved_digest_env = os.environ.get(CONTAINER_DIGEST_ENV)
             os.environ[CONTAINER_DIGEST_ENV] = self.digest or f"unpinned:{container.image}"
             self._digest_exported = True
+        if cpus:
+            cmd = [taskset, "--cpu-list", placement.format_cpus(cpus), *cmd]
         self.cmd = list(cmd)
         self.stop_signal = stop_signal
         logs_dir.mkdir(parents=True, exist_ok=True)
@@ -205,6 +216,13 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def cpus(self) -> str:
+        """The CPUs the kernel lets the server's leader run on, as a CPU list."""
+        try:
+            return placement.format_cpus(os.sched_getaffinity(self.pid))
+        except OSError:  # gone, or another user's
+            return "?"
+
     def wait_ready(self, ready: Callable[[], bool], timeout_s: float, poll_s: float = 0.1):
         """Poll ``ready()`` until it is true; raise :class:`ServerFailed` on exit or timeout."""
         deadline = time.monotonic() + timeout_s
@@ -215,7 +233,7 @@ class ServerProcess:
                     f"see {self.stderr_path}: {self._tail()}"
                 )
             if ready():
-                log.info("%s ready (pid %d)", self.name, self.pid)
+                log.info("%s ready (pid %d, CPUs %s)", self.name, self.pid, self.cpus())
                 return self
             time.sleep(poll_s)
         raise ServerFailed(f"{self.name} not ready after {timeout_s:.0f} s; see {self.stderr_path}")

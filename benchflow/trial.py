@@ -152,7 +152,8 @@ def run_trial(
         try:
             budget_from = sweep.started_at if sweep and sweep.started_at else _PROCESS_START
             limits = enforced(cfg.limits, budget_from, time.time())
-            if limits.active or spec.service.isolation.mode != "none":
+            # A placement pins a process: the worker's, never the harness's own.
+            if limits.active or spec.service.isolation.mode != "none" or cfg.placement.active:
                 from benchflow import supervisor
 
                 res = supervisor.run(spec, trial_dir, meta, limits)

@@ -100,6 +100,13 @@ def main(argv: list[str]) -> int:
                 spec = validate(payload["resolved"], tuple(payload["overrides"]))
             except ConfigError as exc:
                 raise DriverError(f"in the worker's environment: {exc}", "invalid_config") from None
+            if spec.cfg.placement.active:
+                from benchflow import placement
+
+                out["worker"]["placement"] = placement.apply(spec.cfg.placement)
+                logging.getLogger("benchflow.placement").info(
+                    "placement: %s", out["worker"]["placement"]
+                )
             out["driver_version"] = discovery.info(spec.service.driver).version
             iso = spec.service.isolation
             if iso.mode != "none" and iso.requirements:

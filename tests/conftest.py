@@ -103,6 +103,29 @@ class Workdir:
             )
         return proc
 
+    def explain(self, proc: subprocess.CompletedProcess, scenario: str = "adhoc") -> str:
+        """Why a run ended non-zero: its output's tails, and every trial that did not
+        finish with its error and the end of its log (a sweep's summary gives only the
+        error class, and the trial logs stay on the machine that ran the test)."""
+        parts = [f"exit {proc.returncode}", f"stdout:\n{proc.stdout[-3000:]}"]
+        parts.append(f"stderr:\n{proc.stderr[-3000:]}")
+        root = self.results / scenario
+        for d in self.trial_dirs(scenario) if root.is_dir() else []:
+            try:
+                meta = self.meta(d)
+            except (OSError, ValueError) as exc:
+                parts.append(f"trial {d.name}: meta.json unreadable ({exc})")
+                continue
+            if meta.get("status") == "finished":
+                continue
+            log = d / "logs" / "trial.log"
+            tail = "".join(log.read_text().splitlines(True)[-30:]) if log.exists() else ""
+            parts.append(
+                f"trial {d.name} {meta.get('status')} {meta.get('overrides')}: "
+                f"{json.dumps(meta.get('error'))}\n{tail}"
+            )
+        return "\n".join(parts)
+
     def trial_dirs(self, scenario: str = "adhoc") -> list[Path]:
         root = self.results / scenario
         return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("_"))

@@ -23,6 +23,22 @@ CASES = [
     (["tracking=server", "tracking.uri=null"], ["tracking", "needs tracking.uri"]),
     (["rate=-5"], ["rate", "greater than 0"]),
     (["concurrency=1,2"], ["concurrency=1,2", "needs -m"]),
+    (["placement.client_cpus=x1"], ["placement.client_cpus", "'x1'", "not a CPU list"]),
+    (["placement.client_cpus=3-1"], ["placement.client_cpus", "runs backwards"]),
+    (
+        ["placement.client_cpus=0-1", "placement.server_cpus=1"],
+        ["placement", "share CPU(s) 1"],
+    ),
+    (["placement.clients_cpus=1"], ["placement.clients_cpus", "unknown key", "client_cpus"]),
+    (
+        [
+            "service=postgres",
+            "service.mode=server",
+            "service.dsn='host=x'",
+            "placement.server_cpus=0",
+        ],
+        ["placement.server_cpus", "only for a server the trial launches"],
+    ),
 ]
 
 

@@ -82,7 +82,7 @@ def test_single_trial_writes_files_then_mlflow(workdir):
 
 def test_sweep_has_a_parent_run_and_a_child_per_trial(workdir):
     proc = workdir.run("-m", "service=faiss,fileio", "concurrency=1,4", *FAST, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, workdir.explain(proc)
     runs = workdir.runs()
     parents = runs[runs["tags.benchflow.role"] == "sweep"]
     children = runs[runs["tags.benchflow.role"] != "sweep"]

@@ -83,6 +83,7 @@ class EmbeddedPostgres:
             temp dir; it must be reachable by the ``postgres`` user when root).
         start_timeout_s: how long to wait for the server to accept connections.
         name: the name of its log files.
+        cpus: pin the server to these CPUs (default: the trial's ``placement.server_cpus``).
 
     Use :meth:`crash` to kill it the hard way (``pg_ctl stop -m immediate``) in
     failure tests, and :meth:`start` again to restart it on the same data.
@@ -100,7 +101,9 @@ class EmbeddedPostgres:
         base_dir: str | Path | None = None,
         start_timeout_s: float = 60.0,
         name: str = "postgres",
+        cpus: list[int] | None = None,
     ) -> None:
+        self.cpus = cpus  # None: the trial's placement.server_cpus, if any
         self.settings = {k: _conf_value(v) for k, v in (settings or {}).items()}
         self.password = password
         self.user = user
@@ -357,7 +360,12 @@ class EmbeddedPostgres:
                 cmd += ["-c", f"{key}={value}"]
             # SIGINT is PostgreSQL's "fast" shutdown (SIGTERM would wait for clients).
             self._proc = ServerProcess(
-                self.name, cmd, self.logs_dir, cwd=self.root, stop_signal=signal.SIGINT
+                self.name,
+                cmd,
+                self.logs_dir,
+                cwd=self.root,
+                stop_signal=signal.SIGINT,
+                cpus=self.cpus,
             )
             try:
                 self._proc.wait_ready(self._ready, self.start_timeout_s)

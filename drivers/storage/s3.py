@@ -55,6 +55,10 @@ MAX_SINGLE_PUT = 5 * GiB
 MAX_OBJECT = 5 * (1 << 40)
 _BLOCK = 4 * MiB  # the random block every payload is a window of
 _PREPARE_THREADS = 8  # objects written at once while preparing the pool
+# Writing the pool is set-up, not measurement: a transient error there (a loaded server's
+# 500 or reset) is retried rather than failing the trial. Measured requests keep
+# `service.retries` (0 by default), so every error of the window is counted.
+_PREPARE_RETRIES = 3
 
 
 class S3Settings(ServiceSettings):
@@ -251,12 +255,16 @@ class S3Driver(Driver):
                 "aws_access_key_id": self._server.access_key,
                 "aws_secret_access_key": self._server.secret_key,
             }
-        client = self._client(pool=_PREPARE_THREADS + s.part_concurrency)
-        self._ensure_bucket(client)
+        self._ensure_bucket(self._client(pool=1))
         if s.op != "put":
-            self._prepare_pool(client)
+            self._prepare_pool(
+                self._client(
+                    pool=_PREPARE_THREADS + s.part_concurrency,
+                    retries=max(s.retries, _PREPARE_RETRIES),
+                )
+            )
 
-    def _client(self, pool: int):
+    def _client(self, pool: int, retries: int | None = None):
         import boto3
         from botocore.config import Config
 
@@ -265,7 +273,7 @@ class S3Driver(Driver):
             region_name=s.region,
             connect_timeout=s.connect_timeout_s,
             read_timeout=s.read_timeout_s,
-            retries={"max_attempts": s.retries, "mode": "standard"},
+            retries={"max_attempts": s.retries if retries is None else retries, "mode": "standard"},
             max_pool_connections=max(10, pool),
             s3={
                 "addressing_style": s.addressing_style,

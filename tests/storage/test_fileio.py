@@ -23,7 +23,7 @@ def test_direct_and_buffered_reads_say_what_they_measured(workdir, tmp_path):
         "concurrency=2",
         *FAST,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, workdir.explain(proc)
     done = trials(workdir)
     assert len(done) == 2
     for meta, m in done:
@@ -54,7 +54,7 @@ def test_writes_with_fsync_at_the_end_report_it_and_a_named_file_is_kept(workdir
         "service.page_cache_budget_mb=8",  # the file becomes 1.25 x 8 MiB
         *FAST,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, workdir.explain(proc)
     ((_, m),) = trials(workdir)
     assert m["extra"]["fileio.file_mb"] == 10 and m["extra"]["fileio.end_fsync_s"] >= 0
     assert "land in the page cache" in m["notes"] and "final fsync" in m["notes"]

@@ -38,7 +38,7 @@ def test_every_workload_on_a_real_server_counts_what_the_server_counts(
         "service.range_rows=10",
         "concurrency=2",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, workdir.explain(proc)
     done = trials(workdir)
     assert len(done) == 6
     for meta, m in done:

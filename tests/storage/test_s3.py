@@ -37,7 +37,7 @@ def test_every_operation_on_a_real_server(workdir, s3_server):
         "warmup_s=0",  # delete: all 100 pooled objects go to the measured requests
         "monitor.interval_s=0.2",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, workdir.explain(proc)
     done = {override(meta, "service.op"): (meta, m) for meta, m in trials(workdir)}
     assert set(done) == {"put", "get", "head", "list", "delete"}
     # DELETE consumes the pool: 100 objects for 120 requests; the rest say so.
@@ -47,7 +47,16 @@ def test_every_operation_on_a_real_server(workdir, s3_server):
     assert not delete["validity"]["valid"]
     for op, (meta, m) in done.items():
         assert meta["status"] == "finished" and m["validity"]["valid"], (op, m["validity"])
-        assert m["errors"]["count"] == 0 and m["rates"]["requests_per_s"] > 0
+        assert m["rates"]["requests_per_s"] > 0
+        if op == "put" and m["errors"]["count"]:
+            # rclone's own race, not the driver's: now and then two concurrent PUTs into
+            # a directory rclone has not seen yet end in "Dir.Rename error: file does not
+            # exist" and an InternalError reply. The driver must count it, as it does.
+            assert set(m["errors"]["by_class"]) == {"InternalError"}, m["errors"]
+            log = (s3_server.logs_dir / "s3-fixture.err").read_text()
+            assert log.count("Dir.Rename error") >= m["errors"]["count"], m["errors"]
+        else:
+            assert m["errors"]["count"] == 0, (op, m["errors"])
         unit = "MiB_per_s" if op in ("put", "get") else "requests_per_s"
         assert m["throughput"]["unit"] == unit, op
     put, get = done["put"][1], done["get"][1]
@@ -82,7 +91,7 @@ def test_embedded_mode_multipart_uploads_and_verified_gets_of_multipart_objects(
         "warmup_s=0",
         "monitor.interval_s=0.2",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, workdir.explain(proc)
     done = {override(meta, "service.op"): (meta, m) for meta, m in trials(workdir)}
     (_, put), (meta, get) = done["put"], done["get"]
     parts = math.ceil(size / part)

@@ -31,7 +31,7 @@ def test_chroma_launched_server_is_measured_and_serves_two_client_processes(work
         "warmup_s=0.5",
         "progress=off",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, workdir.explain(proc)
     (tdir,) = workdir.trial_dirs()
     m = workdir.metrics(tdir)
     assert m["validity"]["valid"] is True, m["validity"]
@@ -96,7 +96,7 @@ def test_weaviate_recall_equals_raw_weaviate_on_the_same_collection(workdir, ind
         *FAST,
         "progress=off",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, workdir.explain(proc)
     (tdir,) = workdir.trial_dirs()
     m = workdir.metrics(tdir)
     from urllib.parse import urlsplit

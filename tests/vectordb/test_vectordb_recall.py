@@ -26,7 +26,7 @@ from vectordb_support import (
 def trial_recalls(workdir, *overrides, multirun=False) -> list[tuple[dict, dict]]:
     args = ["-m"] if multirun else []
     proc = workdir.run(*args, *overrides, *SMALL, *FAST, "progress=off", timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, workdir.explain(proc)
     out = []
     for d in workdir.trial_dirs():
         m = workdir.metrics(d)
