@@ -76,7 +76,7 @@ def test_a_trial_over_its_time_limit_is_ended_with_its_sut(bench):
     assert len(meta["worker"]["applied_limits"]["cpus"]) == 1
     # The worker tore the SUT down on SIGTERM; nothing of the trial is left running.
     log = (tdir / "logs" / "trial.log").read_text()
-    sut_pid = int(re.search(r"sleep_server ready \(pid (\d+)\)", log).group(1))
+    sut_pid = int(re.search(r"sleep_server ready \(pid (\d+),", log).group(1))
     assert not psutil.pid_exists(sut_pid) or psutil.Process(sut_pid).status() == "zombie"
     assert not psutil.pid_exists(meta["supervision"]["worker_pid"])
     assert "teardown" in meta["timings_s"]
