@@ -100,35 +100,21 @@ class PlacementConfig(BaseModel):
         return bool(self.client_cpus or self.server_cpus)
 
 
-def available_cpus() -> set[int]:
-    """The CPUs this process may run on (its affinity: a Slurm job's or a cgroup's)."""
-    return set(os.sched_getaffinity(0))
-
-
-def unavailable(placement: PlacementConfig, allowed: set[int]) -> tuple[str, list[int]] | None:
-    """The first key naming a CPU outside ``allowed``, with its value; None if all fit."""
-    for key in ("client_cpus", "server_cpus"):
-        cpus = getattr(placement, key)
-        if cpus and not set(cpus) <= allowed:
-            return f"placement.{key}", cpus
-    return None
-
-
 def apply(placement: PlacementConfig) -> dict[str, list[int]]:
     """In the trial's worker: pin this process to the client CPUs and hand the server
     CPUs to the servers it will launch. Returns the CPUs in force, as the kernel
     reports them."""
     from drivers.base import DriverError
 
-    allowed = available_cpus()
-    bad = unavailable(placement, allowed)
-    if bad is not None:
-        key, cpus = bad
-        raise DriverError(
-            f"{key}={format_cpus(cpus)}: CPU(s) {format_cpus(set(cpus) - allowed)} are not "
-            f"available on this node (allowed here: {format_cpus(allowed)})",
-            "invalid_config",
-        )
+    allowed = os.sched_getaffinity(0)  # a Slurm job's or a cgroup's CPUs, not the host's
+    for key in ("client_cpus", "server_cpus"):
+        cpus = getattr(placement, key)
+        if cpus and not set(cpus) <= allowed:
+            raise DriverError(
+                f"placement.{key}={format_cpus(cpus)}: CPU(s) {format_cpus(set(cpus) - allowed)} "
+                f"are not available on this node (allowed here: {format_cpus(allowed)})",
+                "invalid_config",
+            )
     applied: dict[str, list[int]] = {}
     if placement.client_cpus:
         os.sched_setaffinity(0, placement.client_cpus)

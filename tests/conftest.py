@@ -97,10 +97,7 @@ class Workdir:
             cmd, cwd=self.path, env=self.env, capture_output=True, text=True, timeout=timeout
         )
         if check and proc.returncode != 0:
-            raise AssertionError(
-                f"{' '.join(args)} exited {proc.returncode}\n"
-                f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
-            )
+            raise AssertionError(f"{' '.join(args)}: {self.explain(proc)}")
         return proc
 
     def explain(self, proc: subprocess.CompletedProcess, scenario: str = "adhoc") -> str:
