@@ -79,7 +79,7 @@ class Workspace:
 def llamacpp_stand_in(prefix: str) -> Iterator[tuple[str, Path, Path]]:
     """The CPU stand-in LLM server (Gemma 3 270M on llama.cpp), launched by the harness's
     own launcher: yields (url, GGUF path, data dir) and stops the server afterwards."""
-    from benchflow.servers import free_port, http_ready
+    from benchflow.sut.servers import free_port, http_ready
     from drivers.base import RunSettings, TrialContext
     from drivers.inference import launchers
 

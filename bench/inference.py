@@ -378,7 +378,7 @@ def stream_rows(ws: Workspace) -> list[Row]:
     the truth, and their CPU cost per token at full speed."""
     import sys
 
-    from benchflow.servers import ServerProcess, free_port, http_ready
+    from benchflow.sut.servers import ServerProcess, free_port, http_ready
 
     out: list[Row] = []
     logs = Path(tempfile.mkdtemp(prefix="bench-sse-"))

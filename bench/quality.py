@@ -91,7 +91,7 @@ def llamacpp_rows(ws: Workspace) -> list[Row]:
 
 
 def calibration_rows(ws: Workspace) -> list[Row]:
-    from benchflow.servers import ServerProcess, free_port, http_ready
+    from benchflow.sut.servers import ServerProcess, free_port, http_ready
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"

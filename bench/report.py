@@ -1,7 +1,7 @@
 """Figures of issue 7: report generation for a 200-trial sweep, and a comparison of
 2 targets × 20 configurations × 10 repetitions.
 
-The trials are synthetic (benchflow.synthetic writes their result directories as
+The trials are synthetic (benchflow.analysis.synthetic writes their result directories as
 a trial would, and the real upload logs them to MLflow): what is measured is the
 real `benchflow report` and `benchflow compare` code on them, not the trials.
 """
@@ -27,7 +27,8 @@ def _client(ws: Workspace):
 
 
 def _sweep_200(ws: Workspace, c) -> str:
-    from benchflow import synthetic, tracking
+    from benchflow import tracking
+    from benchflow.analysis import synthetic
 
     scenario = "bench-report"
     sweep = synthetic.start_sweep(c, scenario, scenario)
@@ -69,7 +70,8 @@ def _sweep_200(ws: Workspace, c) -> str:
 
 
 def _targets_2x20x10(ws: Workspace, c) -> None:
-    from benchflow import registry, synthetic, tracking
+    from benchflow import registry, tracking
+    from benchflow.analysis import synthetic
 
     scenario = "bench-compare"
     for ms in (2.0, 1.9):
@@ -121,8 +123,8 @@ def _cli(ws: Workspace, *args: str) -> tuple[float, float]:
 
 
 def rows(ws: Workspace) -> list[Row]:
-    from benchflow.compare import compare_selections, select
-    from benchflow.report import build_report
+    from benchflow.analysis.compare import compare_selections, select
+    from benchflow.analysis.report import build_report
 
     c = _client(ws)
     out: list[Row] = []

@@ -103,7 +103,7 @@ def _postgres(ws: Workspace) -> list[Row]:
 
 def _postgres_pairs(ws: Workspace, pin: tuple[int, int] | None) -> list[Row]:
     """select-only and TPC-B-like pairs against pgbench; ``pin``: (server CPU, client CPU)."""
-    from benchflow.embedded import EmbeddedPostgres
+    from benchflow.sut.embedded import EmbeddedPostgres
 
     out: list[Row] = []
     clients, threads = 4, 2
@@ -421,7 +421,7 @@ def _fileio(ws: Workspace) -> list[Row]:
 # -- s3 vs a plain boto3 loop ---------------------------------------------------------------
 def _s3(ws: Workspace) -> list[Row]:
 
-    from benchflow.embedded import EmbeddedS3
+    from benchflow.sut.embedded import EmbeddedS3
 
     out: list[Row] = []
     size, threads = 64 * MiB, 4

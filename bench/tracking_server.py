@@ -46,7 +46,7 @@ def _server(*args: str, env: dict) -> subprocess.CompletedProcess:
 
 
 def _synth(root: Path, experiment: str, seconds: int, seed: int, uri: str) -> Path:
-    from benchflow.synthetic import SynthTrial, write_trial
+    from benchflow.analysis.synthetic import SynthTrial, write_trial
 
     return write_trial(
         root, SynthTrial(experiment, experiment, seconds=seconds, seed=seed, tracking_uri=uri)
@@ -56,7 +56,7 @@ def _synth(root: Path, experiment: str, seconds: int, seed: int, uri: str) -> Pa
 def _points(tdir: Path) -> int:
     """Metric points one upload of this trial sends (summary figures + series)."""
     from benchflow import tracking
-    from benchflow.result import TrialResult, metrics_flat, read_json
+    from benchflow.results import TrialResult, metrics_flat, read_json
 
     meta = read_json(tdir / "meta.json")
     flat = metrics_flat(TrialResult.model_validate(read_json(tdir / "metrics.json")))

@@ -70,7 +70,7 @@ def _benchflow_loop(driver, seconds: float) -> tuple:
     """benchflow's load engine driving the driver, as in a trial (monitor included).
     Returns (queries searched, wall seconds of the window, process CPU seconds)."""
     from benchflow.load.engine import Engine, Phase
-    from benchflow.monitor import Monitor
+    from benchflow.results.monitor import Monitor
 
     c0 = time.process_time()
     monitor = Monitor(1.0, gpu=False).start()

@@ -1,5 +1,8 @@
-"""``python -m benchflow [-m] KEY=VALUE…`` runs trials (a Hydra app);
+"""``python -m benchflow [-m] [-v] KEY=VALUE…`` runs trials (a Hydra app);
 ``benchflow <command> …`` runs the other verbs (``benchflow --commands`` lists them).
+
+The console carries benchflow's own records; third-party libraries' INFO records
+(faiss, MLflow, ...) only with ``-v`` (``hydra.verbose=true``).
 """
 
 from __future__ import annotations
@@ -20,10 +23,24 @@ def main(argv: list[str] | None = None) -> None:
     if argv and (argv[0] in cli.COMMANDS or argv[0] == "--commands"):
         cli.main(argv)
         return
+    argv = ["hydra.verbose=true" if a in ("-v", "--verbose") else a for a in argv]
     _prevalidate(argv)
     _mask_launcher_logs()
     sys.argv = [sys.argv[0], *argv]
     hydra_app()
+
+
+def _verbose_override(overrides: list[str]) -> object:
+    """The value of the last ``hydra.verbose=`` override (False: none given)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    given = [o for o in overrides if o.lstrip("+").startswith("hydra.verbose=")]
+    if not given:
+        return False
+    try:
+        return OverridesParser.create().parse_override(given[-1]).value()
+    except Exception:  # Hydra says what is wrong with it
+        return False
 
 
 def _prevalidate(argv: list[str]) -> None:
@@ -33,6 +50,10 @@ def _prevalidate(argv: list[str]) -> None:
     args, _ = get_args_parser().parse_known_args(argv)
     if args.help or args.hydra_help or args.cfg or args.shell_completion or args.info:
         return  # Hydra's own informational modes
+    from benchflow.results.logs import quiet_third_party
+
+    # before anything imports faiss or MLflow (the sweep's callback does)
+    quiet_third_party(_verbose_override(args.overrides))
     multirun = args.multirun or any(
         o.replace(" ", "") == "hydra.mode=MULTIRUN" for o in args.overrides
     )
@@ -41,12 +62,24 @@ def _prevalidate(argv: list[str]) -> None:
     try:
         compose_trials(args.overrides, multirun, args.config_dir)
         if multirun:  # a sweep sent to Slurm must fit its budget (or be approved)
-            from benchflow.slurm.plan import check_budget, make_plan
+            from benchflow.sweeps.slurm.plan import check_budget, make_plan
 
-            check_budget(make_plan(args.overrides, True, args.config_dir))
+            plan = make_plan(args.overrides, True, args.config_dir)
+            if plan.on_slurm:
+                _require_slurm_extra()
+            check_budget(plan)
     except ConfigError as exc:
         print(f"benchflow: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
+
+
+def _require_slurm_extra() -> None:
+    """A core install (no submitit) says what to install before a Slurm sweep starts."""
+    from hydra_plugins.benchflow_plugins.slurm_launcher import MISSING_EXTRA
+
+    if MISSING_EXTRA:
+        print(f"benchflow: {MISSING_EXTRA}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG)
 
 
 # Hydra's launchers log each job's overrides ("#0 : k=v ..."), credentials and all
@@ -72,7 +105,12 @@ def _mask_launcher_logs() -> None:
 
 @hydra.main(config_path=str(conf_dir()), config_name=CONFIG_NAME, version_base="1.3")
 def hydra_app(cfg: DictConfig):
-    from benchflow.jobs import run_job
+    from hydra.core.hydra_config import HydraConfig
+
+    from benchflow.results.logs import quiet_third_party
+    from benchflow.sweeps.jobs import run_job
+
+    quiet_third_party(HydraConfig.get().verbose)  # as the job's own config says
 
     return run_job(cfg)
 

@@ -56,7 +56,7 @@ class Isolation(BaseModel):
     requirements (keyed by their hash, under ``envs_dir``) holding benchflow and
     the driver's own package, as installed here, plus ``requirements``.
     ``container``: the trial runs as ``apptainer exec IMAGE python -m
-    benchflow.worker`` (the image must hold benchflow and the driver's package).
+    benchflow.run.worker`` (the image must hold benchflow and the driver's package).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -358,7 +358,7 @@ class Driver(ABC):
     @classmethod
     def io_schema(cls) -> dict[str, Any]:
         """Inputs and outputs in benchflow's schema (``benchflow drivers --schema NAME``)."""
-        from benchflow.result import SCHEMA_VERSION, TrialResult
+        from benchflow.results import SCHEMA_VERSION, TrialResult
 
         return {
             "name": cls.name,

@@ -16,7 +16,7 @@ class BenchflowLineageContext(RunContextProvider):
         return True
 
     def tags(self) -> dict[str, str]:
-        from benchflow import lineage
+        from benchflow.results import lineage
 
         try:
             return lineage.tags()

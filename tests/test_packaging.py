@@ -1,25 +1,55 @@
 """`pip install .` (a real wheel, not the editable source tree) works like the editable install."""
 
+import site
 import subprocess
 import sys
 import venv
+from pathlib import Path
 
 from conftest import FAST, REPO
+from fixtures.benchmark_packages import offline_build
+
+
+def _our_site_dirs() -> list[str]:
+    """The site-packages this interpreter imports from (its venv's, when it runs in one)."""
+    dirs = {*site.getsitepackages(), site.getusersitepackages()}
+    return [p for p in sys.path if p in dirs]
+
+
+def _venv_seeing_our_packages(env_dir: Path) -> Path:
+    """A venv that also sees this interpreter's packages (benchflow's dependencies).
+
+    ``system_site_packages=True`` is not that: from a venv (the usual way to run the tests)
+    it exposes the *base* interpreter's packages, not the venv's. The directories go in as
+    plain .pth lines, so their own .pth files are not run: the editable install's (the
+    source tree on sys.path) stays out, and the wheel is what is imported.
+    """
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    py = env_dir / "bin" / "python"
+    purelib = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    Path(purelib, "test-environment.pth").write_text("\n".join(_our_site_dirs()) + "\n")
+    return py
 
 
 def test_wheel_install_runs_a_trial_outside_the_source_tree(tmp_path):
     wheels = tmp_path / "wheels"
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *offline_build()]
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(REPO)],
+        [*pip_wheel, "-w", str(wheels), str(REPO)],
         check=True,
         capture_output=True,
     )
     (wheel,) = wheels.glob("benchflow-*.whl")
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
-    py = env_dir / "bin" / "python"
+    py = _venv_seeing_our_packages(env_dir)
+    # --force-reinstall: benchflow of the same version is visible (ours), the wheel goes in
     subprocess.run(
-        [str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
+        [str(py), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)],
         check=True,
         capture_output=True,
     )
@@ -35,8 +65,8 @@ def test_wheel_install_runs_a_trial_outside_the_source_tree(tmp_path):
         [
             str(py),
             "-c",
-            "import benchflow, benchflow.config as c; "
-            "print(benchflow.__file__); print(c.conf_dir())",
+            "import sys, benchflow, benchflow.config as c; "
+            "print(benchflow.__file__); print(c.conf_dir()); print(sys.path)",
         ],
         cwd=work,
         env=env,

@@ -15,7 +15,7 @@ from conftest import FAST
 @pytest.fixture
 def sleep_server():
     """A sleep server started outside benchflow (mode=server points at it)."""
-    from benchflow.servers import free_port
+    from benchflow.sut.servers import free_port
 
     port = free_port()
     proc = subprocess.Popen(
@@ -29,7 +29,7 @@ def sleep_server():
             "1",
         ]
     )
-    from benchflow.servers import http_ready
+    from benchflow.sut.servers import http_ready
 
     deadline = time.time() + 10
     while not http_ready("127.0.0.1", port) and time.time() < deadline:

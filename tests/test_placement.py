@@ -9,7 +9,7 @@ import re
 import pytest
 from conftest import FAST, require
 
-from benchflow.placement import format_cpus, parse_cpus
+from benchflow.sut.placement import format_cpus, parse_cpus
 
 
 @pytest.mark.parametrize(

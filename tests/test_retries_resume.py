@@ -13,7 +13,7 @@ from conftest import FAST
 def test_a_sut_failing_to_start_is_retried_with_backoff(workdir):
     """The SUT answers only once the first attempt has failed (connection_refused): the
     trial is retried after a backoff and finishes; each attempt is its own run."""
-    from benchflow.servers import free_port
+    from benchflow.sut.servers import free_port
 
     port = free_port()
     procs = []

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from benchflow import result as results
+from benchflow import results
 from drivers.base import Driver
 
 

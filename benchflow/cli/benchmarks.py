@@ -63,7 +63,7 @@ def benchmarks(ctx: click.Context) -> None:
 @click.option("--all", "include_all", is_flag=True, help="superseded revisions too")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def list_(tracking_uri=None, catalogue=None, include_all=False, as_json=False) -> None:
-    from benchflow import catalogue as cat
+    from benchflow.analysis import catalogue as cat
 
     name = cat.catalogue_name(catalogue)
     c = _client(tracking_uri)
@@ -151,7 +151,7 @@ def register(
     tracking_uri,
     catalogue,
 ) -> None:
-    from benchflow import catalogue as cat
+    from benchflow.analysis import catalogue as cat
     from benchflow.config import ConfigError
 
     try:
@@ -182,7 +182,7 @@ def register(
 @_cat
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def show(name, tracking_uri, catalogue, as_json) -> None:
-    from benchflow import catalogue as cat
+    from benchflow.analysis import catalogue as cat
 
     cname = cat.catalogue_name(catalogue)
     c = _client(tracking_uri)
@@ -238,7 +238,7 @@ def _command(b, user: list[str], config_dir: str | None = None) -> list[str]:
 @_uri
 @_cat
 def run(name, config_dir, overrides, tracking_uri, catalogue) -> None:
-    from benchflow import catalogue as cat
+    from benchflow.analysis import catalogue as cat
 
     c = _client(tracking_uri)
     try:
@@ -278,7 +278,7 @@ def run(name, config_dir, overrides, tracking_uri, catalogue) -> None:
 @_uri
 @_cat
 def deprecate(name, reason, tracking_uri, catalogue) -> None:
-    from benchflow import catalogue as cat
+    from benchflow.analysis import catalogue as cat
 
     try:
         b = cat.deprecate(_client(tracking_uri), name, reason, cat.catalogue_name(catalogue))

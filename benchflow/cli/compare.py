@@ -53,7 +53,7 @@ def stats_options(f):
 
 
 def settings_from(floor, alpha, min_repetitions, resamples, test):
-    from benchflow.compare import Settings
+    from benchflow.analysis.compare import Settings
 
     if not 0 <= floor < 1:
         raise click.BadParameter(f"{floor}: must be in [0, 1)", param_hint="--floor")
@@ -71,7 +71,7 @@ def print_table(cmp, guards: set[str] | None = None, primary: str | None = None)
     from rich.console import Console
     from rich.table import Table
 
-    from benchflow.compare import BETTER, NO_DATA, WORSE, fmt, fmt_ci
+    from benchflow.analysis.compare import BETTER, NO_DATA, WORSE, fmt, fmt_ci
 
     console = Console()
     if not console.is_terminal:
@@ -120,7 +120,7 @@ def run_comparison(
 ):
     """Select both sides and compare; a user error ends with exit 2."""
     from benchflow import tracking
-    from benchflow.compare import CompareError, compare_selections, select
+    from benchflow.analysis.compare import CompareError, compare_selections, select
 
     c = tracking.client(tracking_uri)
     try:
@@ -128,7 +128,7 @@ def run_comparison(
         cand = select(candidate, c, experiment)
         wanted = list(metrics) or None
         if wanted is None and policy_metrics:
-            from benchflow.compare import default_metrics
+            from benchflow.analysis.compare import default_metrics
 
             wanted = list(dict.fromkeys([*default_metrics(b, cand), *policy_metrics]))
         return b, cand, compare_selections(b, cand, wanted, settings, ignore, Path(results_dir))
@@ -173,11 +173,11 @@ def compare(
     md_out,
     tracking_uri,
 ) -> None:
-    from benchflow.compare import load_policy
+    from benchflow.analysis.compare import load_policy
 
     settings = settings_from(floor, alpha, min_repetitions, resamples, test)
     from benchflow import tracking
-    from benchflow.compare import CompareError, select
+    from benchflow.analysis.compare import CompareError, select
 
     try:
         b = select(baseline, tracking.client(tracking_uri), experiment)

@@ -48,7 +48,7 @@ def gc(
     textfile_dir: str | None,
     verbose: bool,
 ) -> None:
-    from benchflow import retention
+    from benchflow.sweeps import retention
 
     try:
         p = retention.plan(

@@ -33,8 +33,8 @@ def logs(
     since: str | None,
     output: str | None,
 ) -> None:
-    from benchflow.log_bundle import bundle, parse_since
-    from benchflow.slurm.status import find_sweep
+    from benchflow.sweeps.log_bundle import bundle, parse_since
+    from benchflow.sweeps.slurm.status import find_sweep
 
     try:
         sweep_dir = find_sweep(sweep, Path(results_dir))

@@ -23,7 +23,7 @@ import click
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 def plan(config_dir: str | None, approve_as: str | None, as_json: bool, overrides) -> None:
     from benchflow.config import EXIT_CONFIG, ConfigError
-    from benchflow.slurm.plan import approval, make_plan, record_approval
+    from benchflow.sweeps.slurm.plan import approval, make_plan, record_approval
 
     overrides = [o for o in overrides if o not in ("-m", "--multirun")]
     try:

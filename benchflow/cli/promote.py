@@ -43,8 +43,9 @@ def promote(
     guards,
     tracking_uri,
 ) -> None:
-    from benchflow import promotion, registry
-    from benchflow.compare import CompareError
+    from benchflow import registry
+    from benchflow.analysis import promotion
+    from benchflow.analysis.compare import CompareError
 
     settings = settings_from(floor, alpha, min_repetitions, resamples, test)
     try:

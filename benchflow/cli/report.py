@@ -20,7 +20,7 @@ from benchflow.cli.common import fail, tracking_option
 @tracking_option
 def report(sweep, experiment, results_dir, out_dir, no_log, tracking_uri) -> None:
     from benchflow import tracking
-    from benchflow.report import ReportError, build_report
+    from benchflow.analysis.report import ReportError, build_report
 
     if bool(sweep) == bool(experiment):
         fail("give a SWEEP (id or directory) or --experiment NAME, not both")

@@ -81,7 +81,7 @@ def _server_options(f):
 
 
 def _config(**kw):
-    from benchflow.tracking_server import ServerConfig, ServerError, default_dir
+    from benchflow.tracking.server import ServerConfig, ServerError, default_dir
 
     kw["dir"] = Path(kw.pop("state_dir") or default_dir())
     try:
@@ -113,7 +113,7 @@ def server() -> None:
 @server.command(help="Start the server in the background; returns once it answers.")
 @_server_options
 def start(**kw) -> None:
-    from benchflow.tracking_server import ServerError, start
+    from benchflow.tracking.server import ServerError, start
 
     cfg = _config(**kw)
     if cfg.auth:
@@ -138,8 +138,8 @@ def start(**kw) -> None:
 @server.command(help="Run the server in the foreground (what `start` runs; for Slurm or systemd).")
 @_server_options
 def run(**kw) -> None:
-    from benchflow.logs import process_logging
-    from benchflow.tracking_server import ServerError, run
+    from benchflow.results.logs import process_logging
+    from benchflow.tracking.server import ServerError, run
 
     cfg = _config(**kw)
     cfg.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +155,7 @@ def run(**kw) -> None:
 @_DIR
 @click.option("--timeout", "timeout_s", default=60.0, show_default=True)
 def stop(state_dir: str | None, timeout_s: float) -> None:
-    from benchflow.tracking_server import default_dir, stop
+    from benchflow.tracking.server import default_dir, stop
 
     d = Path(state_dir or default_dir())
     t0 = time.monotonic()
@@ -172,7 +172,7 @@ def stop(state_dir: str | None, timeout_s: float) -> None:
 def status(state_dir: str | None, as_json: bool) -> None:
     from dataclasses import asdict
 
-    from benchflow.tracking_server import EXIT_NOT_RUNNING, default_dir, status
+    from benchflow.tracking.server import EXIT_NOT_RUNNING, default_dir, status
 
     d = Path(state_dir or default_dir())
     state, ok = status(d)
@@ -200,7 +200,7 @@ def status(state_dir: str | None, as_json: bool) -> None:
 
 
 def _check_auth_env() -> None:
-    from benchflow.tracking_auth import AuthConfigError, admin_from_env, users_from_env
+    from benchflow.tracking.auth import AuthConfigError, admin_from_env, users_from_env
 
     try:
         admin_from_env()

@@ -23,7 +23,7 @@ def servers() -> None:
 
 @servers.command("list", help="The service recipes, their driver versions and images.")
 def list_() -> None:
-    from benchflow.slurm.servers import recipes
+    from benchflow.sweeps.slurm.servers import recipes
 
     for r in recipes():
         kind = "server" if r["server"] else "in-process only"
@@ -50,7 +50,7 @@ def list_() -> None:
 @_STATE
 def start(service, overrides, host, timeout_s, state_dir) -> None:
     from benchflow.config import EXIT_CONFIG, ConfigError
-    from benchflow.slurm import servers as s
+    from benchflow.sweeps.slurm import servers as s
 
     try:
         inst = s.start(service, list(overrides), host, s.state_dir(state_dir), timeout_s)
@@ -67,7 +67,7 @@ def start(service, overrides, host, timeout_s, state_dir) -> None:
 @servers.command(help="Running server instances with their Slurm job ids and endpoints.")
 @_STATE
 def ps(state_dir) -> None:
-    from benchflow.slurm import servers as s
+    from benchflow.sweeps.slurm import servers as s
 
     rows = s.ps(s.state_dir(state_dir))
     if not rows:
@@ -83,7 +83,7 @@ def ps(state_dir) -> None:
 @click.option("--timeout", "timeout_s", default=30.0, show_default=True)
 @_STATE
 def check(server_id, timeout_s, state_dir) -> None:
-    from benchflow.slurm import servers as s
+    from benchflow.sweeps.slurm import servers as s
 
     ok, msg = s.check(server_id, s.state_dir(state_dir), timeout_s)
     click.echo(f"{server_id}: {'ready at ' if ok else ''}{msg}")
@@ -94,7 +94,7 @@ def check(server_id, timeout_s, state_dir) -> None:
 @click.argument("server_id")
 @_STATE
 def stop(server_id, state_dir) -> None:
-    from benchflow.slurm import servers as s
+    from benchflow.sweeps.slurm import servers as s
 
     if not s.stop(server_id, s.state_dir(state_dir)):
         click.echo(f"no server {server_id}", err=True)

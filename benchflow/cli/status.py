@@ -17,7 +17,7 @@ import click
 @click.option("--results-dir", default="results", show_default=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def status(sweep: str | None, results_dir: str, as_json: bool) -> None:
-    from benchflow.slurm.status import STATES, find_sweep, recent_sweeps, sweep_status
+    from benchflow.sweeps.slurm.status import STATES, find_sweep, recent_sweeps, sweep_status
 
     root = Path(results_dir)
     if sweep:

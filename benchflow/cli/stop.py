@@ -12,7 +12,7 @@ import click
 @click.argument("sweep")
 @click.option("--results-dir", default="results", show_default=True, type=click.Path())
 def stop(sweep: str, results_dir: str) -> None:
-    from benchflow.slurm.status import find_sweep, stop_sweep
+    from benchflow.sweeps.slurm.status import find_sweep, stop_sweep
 
     try:
         d = find_sweep(sweep, Path(results_dir))

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field
 
-from benchflow.servers import ServerProcess, free_port, http_ready
+from benchflow.sut.servers import ServerProcess, free_port, http_ready
 from drivers.base import ConfigRefused, Driver, DriverError, ServerRecipe, ServiceSettings
 from drivers.calibration.sleep_server import precise_sleep
 

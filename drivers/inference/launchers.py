@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchflow.servers import Container, ServerFailed, ServerProcess
+from benchflow.sut.servers import Container, ServerFailed, ServerProcess
 from drivers.base import DriverError, TrialContext
 
 PYTRITON_SERVER = Path(__file__).with_name("pytriton_server.py")

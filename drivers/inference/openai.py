@@ -43,7 +43,7 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchflow.servers import free_port
+from benchflow.sut.servers import free_port
 from drivers.base import ConfigRefused, Driver, DriverError, ServiceSettings
 from drivers.inference import launchers, prompts
 from drivers.inference.launchers import ContainerSettings

@@ -37,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchflow.servers import free_port
+from benchflow.sut.servers import free_port
 from drivers.base import ConfigRefused, Driver, DriverError, ServiceSettings
 from drivers.inference import launchers
 from drivers.inference.launchers import ContainerSettings, PytritonOptions

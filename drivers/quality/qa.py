@@ -22,7 +22,7 @@ retries (:mod:`drivers.quality.client`) is an **error**, not a wrong answer; a
 judge that fails on an answer is a **judge failure**, not a score.
 
 Answers (and judgements) are checkpointed per question in the trial's
-``state_dir`` (:class:`benchflow.checkpoint.ItemLog`): an interrupted trial
+``state_dir`` (:class:`drivers.checkpoint.ItemLog`): an interrupted trial
 resumes where it stopped when the same command runs again, never asks or
 scores a question twice, and ends with the scores an uninterrupted run gives.
 Tokens (from the server's usage, else counted) and their estimated cost
@@ -45,8 +45,8 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchflow.checkpoint import ItemLog
 from drivers.base import ConfigRefused, Driver, DriverError, Resources, ServiceSettings
+from drivers.checkpoint import ItemLog
 from drivers.quality import client, dataset, judge, prompt, scoring
 from drivers.quality.client import APIError, Reply, Request, RetrySettings
 from drivers.quality.dataset import QAItem

@@ -122,7 +122,7 @@ class VectorDBDriver(Driver):
     def __init__(self, settings: VectorDBSettings, trial) -> None:
         super().__init__(settings, trial)
         self.data = None
-        self.server = None  # a launched SUT process (benchflow.servers.ServerProcess)
+        self.server = None  # a launched SUT process (benchflow.sut.servers.ServerProcess)
         self.created = False
         self.queries: np.ndarray | None = None
         self.truth: np.ndarray | None = None

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from benchflow.servers import ServerProcess, free_port, http_ready
+from benchflow.sut.servers import ServerProcess, free_port, http_ready
 from drivers.base import ConfigRefused, DriverError
 from drivers.vectordb.base import CollectionSettings, VectorDBDriver, ids_matrix
 

@@ -82,7 +82,7 @@ def example_in_process(intent_site):
 
 
 def test_definitions_refusals_and_revisions(bench, example_in_process):
-    from benchflow import catalogue as cat
+    from benchflow.analysis import catalogue as cat
     from benchflow.config import ConfigError
 
     cd = str(EXAMPLE_CONF)
@@ -124,7 +124,7 @@ def test_definitions_refusals_and_revisions(bench, example_in_process):
 def test_results_are_matched_by_experiment_workload_and_version(bench, example_in_process):
     """Runs made any way (here: created directly in MLflow) count when their experiment
     and workload match, grouped by their benchflow.target tag."""
-    from benchflow import catalogue as cat
+    from benchflow.analysis import catalogue as cat
     from benchflow.tracking import ensure_experiment
 
     c = bench.client()

@@ -5,12 +5,14 @@ and its absence is a handled error)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from importlib import metadata
 from pathlib import Path
 
-from fixtures.benchmark_packages import EXAMPLE_CONF
+from fixtures.benchmark_packages import EXAMPLE_CONF, offline_build
 
-from benchflow.isolation import container_argv, env_key, install_args
+from benchflow.run.isolation import container_argv, env_key, install_args
 from drivers.base import Isolation
 
 CD = ["-cd", str(EXAMPLE_CONF)]
@@ -21,10 +23,24 @@ def _meta(tdir: Path) -> dict:
     return json.loads((tdir / "meta.json").read_text())
 
 
+def _build_offline() -> list[str]:
+    """pip options that build benchflow and the example in the venv without the network,
+    when their build requirements are here for the venv to see (the dev extra installs
+    them: hatchling, and hatchling's ``editables`` for an editable benchflow, which is
+    installed there editable too); otherwise pip fetches them as usual."""
+    dist = metadata.distribution("benchflow")
+    editable = '"editable": true' in (dist.read_text("direct_url.json") or "")
+    if editable and importlib.util.find_spec("editables") is None:
+        return []
+    return offline_build()
+
+
 def _venv_args(wheels: Path) -> list[str]:
-    # The base interpreter's packages are visible (fast), pip works offline from a local
-    # find-links; --no-deps: benchflow's dependencies are those base packages.
-    pip_args = ["--no-index", "--no-deps", "--no-build-isolation", "--find-links", str(wheels)]
+    # The packages of the interpreter running the tests are visible (fast): with
+    # system_site_packages, those of the venv it runs in (not only its base
+    # interpreter's). --no-deps: benchflow's dependencies are those packages; clashlib
+    # comes from a local find-links.
+    pip_args = ["--no-deps", *_build_offline(), "--find-links", str(wheels)]
     return [
         "service.isolation.mode=venv",
         "++service.isolation.system_site_packages=true",
@@ -108,7 +124,7 @@ def test_the_container_command_line():
         image="/work/containers/intent.sif",
         binds=["/scratch/models:/models:ro"],
     )
-    inner = ["python", "-m", "benchflow.worker", "/r/t1"]
+    inner = ["python", "-m", "benchflow.run.worker", "/r/t1"]
     argv = container_argv(iso, inner, ["/r/t1", "/data", "/r/t1"], gpus=True, cwd="/home/u")
     assert argv == [
         "apptainer",
@@ -126,7 +142,7 @@ def test_the_container_command_line():
         "/work/containers/intent.sif",
         "python",
         "-m",
-        "benchflow.worker",
+        "benchflow.run.worker",
         "/r/t1",
     ]
     assert "--nv" not in container_argv(iso, inner, [], gpus=False, cwd="/")
@@ -146,7 +162,7 @@ def test_a_missing_container_runtime_is_a_handled_error_naming_the_command(bench
     (tdir,) = bench.trials("iso-container")
     argv = _meta(tdir)["isolation"]["argv"]
     assert argv[:3] == ["no-such-apptainer", "exec", "--cleanenv"]
-    assert argv[-4:] == ["python", "-m", "benchflow.worker", str(tdir.resolve())]
+    assert argv[-4:] == ["python", "-m", "benchflow.run.worker", str(tdir.resolve())]
 
 
 def test_the_cache_key_is_the_requirements_hash():

@@ -14,8 +14,7 @@ import psutil
 import pytest
 from fixtures.benchmark_packages import EXAMPLE_CONF
 
-from benchflow.errors import LimitExceeded
-from benchflow.limits import LimitsConfig, enforced, scheduler_request
+from benchflow.config.limits import LimitExceeded, LimitsConfig, enforced, scheduler_request
 from drivers.base import Resources
 
 CD = ["-cd", str(EXAMPLE_CONF)]

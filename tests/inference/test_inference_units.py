@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchflow.servers import Container, ServerFailed, ServerProcess, image_digest
+from benchflow.sut.servers import Container, ServerFailed, ServerProcess, image_digest
 from drivers.base import DriverError, RunSettings, TrialContext
 from drivers.inference import launchers, prompts
 from drivers.inference.triton import stats_delta

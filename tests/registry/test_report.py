@@ -145,10 +145,11 @@ def test_the_compare_notebook_runs_against_the_lab(lab):
 
 
 def test_vector_and_llm_figures_appear_when_the_trials_have_their_data(tmp_path):
-    """Synthetic trials (benchflow.synthetic) with recall@10 and first-token times: the
+    """Synthetic trials (benchflow.analysis.synthetic) with recall@10 and first-token times: the
     recall–QPS and TTFT/ITL figures, scaling curves and side-by-side rows appear."""
-    from benchflow import synthetic, tracking
-    from benchflow.report import build_report
+    from benchflow import tracking
+    from benchflow.analysis import synthetic
+    from benchflow.analysis.report import build_report
 
     c = tracking.client(f"sqlite:///{tmp_path}/mlflow.db")
     sweep = synthetic.start_sweep(c, "synth", "synth")

@@ -1,9 +1,9 @@
-"""benchflow.compare on synthetic data with known answers (no MLflow: pure statistics)."""
+"""benchflow.analysis.compare on synthetic data with known answers (no MLflow: pure statistics)."""
 
 import numpy as np
 import pytest
 
-from benchflow.compare import (
+from benchflow.analysis.compare import (
     BETTER,
     NO_DATA,
     SAME,

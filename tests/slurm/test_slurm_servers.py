@@ -23,7 +23,7 @@ def _squeue(swd) -> str:
 
 
 def test_server_job_serves_a_client_sweep_and_stops_clean(swd, tmp_path):
-    from benchflow.servers import http_ready
+    from benchflow.sut.servers import http_ready
 
     start = swd.run(
         "servers",

@@ -1,4 +1,4 @@
-"""benchflow.embedded: the throwaway servers other parts of benchflow reuse."""
+"""benchflow.sut.embedded: the throwaway servers other parts of benchflow reuse."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 def test_embedded_postgres_lifecycle_restart_and_cleanup(tmp_path):
     import psycopg2
 
-    from benchflow.embedded import EmbeddedPostgres
+    from benchflow.sut.embedded import EmbeddedPostgres
 
     pg = EmbeddedPostgres(logs_dir=tmp_path, password="pw-" + "z" * 12, database="mlflow")
     with pg:
@@ -49,7 +49,7 @@ def test_embedded_s3_keeps_its_keys_off_the_command_line(tmp_path):
     import boto3
     from botocore.exceptions import ClientError
 
-    from benchflow.embedded import EmbeddedS3
+    from benchflow.sut.embedded import EmbeddedS3
 
     with EmbeddedS3(logs_dir=tmp_path) as s3:
         root = s3.root

@@ -107,7 +107,7 @@ def test_server_killed_mid_trial_invalidates_it_and_the_sweep_goes_on(workdir):
         time.sleep(0.8)  # past the 0.2 s warm-up: inside the measured window
         killed_at = time.monotonic()
         prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        from benchflow.embedded.postgres import find_bin_dir
+        from benchflow.sut.embedded.postgres import find_bin_dir
 
         subprocess.run(
             [*prefix, str(find_bin_dir() / "pg_ctl"), "stop", "-D", data_dir, "-m", "immediate"],
@@ -185,7 +185,7 @@ def test_wrong_password_and_unreachable_dsn_are_failed_trials_that_leak_nothing(
 ):
     """A sweep of two trials that cannot connect: each is a FAILED trial with its error
     class, the sweep goes on, and no password reaches any file, log or MLflow."""
-    from benchflow.servers import free_port
+    from benchflow.sut.servers import free_port
 
     wrong = "wrong-password-" + "x" * 12
     unreachable = f"host=127.0.0.1 port={free_port()} user=postgres connect_timeout=2"

@@ -107,7 +107,7 @@ def test_embedded_mode_multipart_uploads_and_verified_gets_of_multipart_objects(
 
 
 def test_wrong_credentials_and_unreachable_endpoint_are_failed_trials(workdir, s3_server):
-    from benchflow.servers import free_port
+    from benchflow.sut.servers import free_port
 
     wrong = "wrong-secret-" + "y" * 20
     args = server_mode(workdir, s3_server, secret_key=wrong)

@@ -8,7 +8,7 @@ import multiprocessing as mp
 import uuid
 
 from benchflow import tracking
-from benchflow.synthetic import SynthTrial, write_trial
+from benchflow.analysis.synthetic import SynthTrial, write_trial
 
 WRITERS = 32
 

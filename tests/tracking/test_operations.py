@@ -17,8 +17,8 @@ import pytest
 from conftest import REPO, Workdir
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchflow.prometheus import PREFIX
-from benchflow.synthetic import SynthTrial, write_trial
+from benchflow.analysis.synthetic import SynthTrial, write_trial
+from benchflow.tracking.prometheus import PREFIX
 
 from .conftest import SERVER
 

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchflow.synthetic import SynthTrial, write_trial
+from benchflow.analysis.synthetic import SynthTrial, write_trial
 
 from .conftest import SERVER
 

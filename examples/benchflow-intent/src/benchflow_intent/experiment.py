@@ -25,10 +25,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchflow.checkpoint import ItemLog
-from benchflow.download import fetch
 from benchflow_intent import dataset
 from drivers.base import ConfigRefused, Driver, DriverError, Resources, ServiceSettings
+from drivers.checkpoint import ItemLog
+from drivers.download import fetch
 
 NEEDS = Resources(cpus=1, mem_gb=0.5, gpus=0, time_min=2)
 

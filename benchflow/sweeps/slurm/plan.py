@@ -1,0 +1,153 @@
+"""Plan and budget: what a sweep would request from Slurm, and whether it may.
+
+``benchflow plan OVERRIDES…`` expands a sweep into its jobs and prints each
+one's request and the totals in GPU-hours and CPU-hours (requested time limits,
+an upper bound of what the sweep can burn). At submission, a Slurm sweep over
+``budget.gpu_hours`` or ``budget.cpu_hours`` is refused (exit 2) unless
+``approve=true`` or an administrator recorded an approval for this exact sweep
+(``benchflow plan --approve-as NAME OVERRIDES…`` writes it into
+``budget.approvals_dir``, a directory only administrators can write).
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from benchflow.config import PREVALIDATED, ConfigError, TrialSpec, composing, sweep_jobs, validate
+from benchflow.sweeps.slurm.request import SlurmRequest, request_for
+
+SLURM_LAUNCHER = "hydra_plugins.benchflow_plugins.slurm_launcher.BenchflowSlurmLauncher"
+_SITE_KEYS = ("nodes", "tasks_per_node", "cpus_per_task", "mem_gb", "gpus_per_node", "timeout_min")
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    num: int
+    overrides: tuple[str, ...]
+    spec: TrialSpec
+    request: SlurmRequest
+
+
+@dataclass(frozen=True)
+class Plan:
+    jobs: list[PlannedJob]
+    launcher: str
+    site: dict[str, Any]
+
+    @property
+    def on_slurm(self) -> bool:
+        return self.launcher == SLURM_LAUNCHER
+
+    @property
+    def gpu_hours(self) -> float:
+        return sum(j.request.gpu_hours for j in self.jobs)
+
+    @property
+    def cpu_hours(self) -> float:
+        return sum(j.request.cpu_hours for j in self.jobs)
+
+    @property
+    def trials(self) -> int:
+        return sum(j.spec.cfg.repetitions for j in self.jobs)
+
+    @property
+    def budget(self):
+        return self.jobs[0].spec.cfg.budget
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of what the sweep requests: the same sweep, in any order, any day."""
+        from benchflow.run.trial import trial_config_hash
+
+        items = sorted(
+            f"{trial_config_hash(j.spec)}x{j.spec.cfg.repetitions}:{j.request}" for j in self.jobs
+        )
+        return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
+
+    def over_budget(self) -> list[str]:
+        b, out = self.budget, []
+        if self.gpu_hours > b.gpu_hours:
+            out.append(f"{self.gpu_hours:.4g} GPU-hours > budget.gpu_hours={b.gpu_hours:g}")
+        if self.cpu_hours > b.cpu_hours:
+            out.append(f"{self.cpu_hours:.4g} CPU-hours > budget.cpu_hours={b.cpu_hours:g}")
+        return out
+
+
+def make_plan(overrides: list[str], multirun: bool = True, config_dir: str | None = None) -> Plan:
+    """Expand ``overrides`` into jobs with their requests (raises ConfigError)."""
+    jobs = sweep_jobs(overrides, multirun)
+    with composing(config_dir) as composer:
+        hydra = composer.compose(jobs[0], with_hydra=True).hydra
+        launcher = str(OmegaConf.select(hydra, "launcher._target_") or "")
+        site = {k: OmegaConf.select(hydra, f"launcher.{k}") for k in _SITE_KEYS}
+        planned = []
+        for i, job in enumerate(jobs):
+            spec = PREVALIDATED.get(tuple(job)) or validate(composer.compose(job), tuple(job))
+            planned.append(PlannedJob(i, tuple(job), spec, request_for(spec, site)))
+    return Plan(planned, launcher, site)
+
+
+# -- approvals ---------------------------------------------------------------------
+def approval_path(plan: Plan) -> Path | None:
+    d = plan.budget.approvals_dir
+    return None if not d else Path(d).expanduser() / f"{plan.fingerprint}.json"
+
+
+def approval(plan: Plan) -> dict | None:
+    """The administrator's approval recorded for this sweep, if any."""
+    path = approval_path(plan)
+    if path is None or not path.exists():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if rec.get("fingerprint") != plan.fingerprint:
+        return None
+    return rec
+
+
+def record_approval(plan: Plan, by: str, overrides: list[str]) -> Path:
+    """Write an approval for this exact sweep (an administrator's act)."""
+    path = approval_path(plan)
+    if path is None:
+        raise ConfigError(
+            "budget.approvals_dir", None, "set it to the directory where approvals are kept"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rec = {
+        "fingerprint": plan.fingerprint,
+        "approved_by": by,
+        "recorded_by_user": getpass.getuser(),
+        "approved_at": time.time(),
+        "gpu_hours": plan.gpu_hours,
+        "cpu_hours": plan.cpu_hours,
+        "trials": plan.trials,
+        "overrides": overrides,
+    }
+    path.write_text(json.dumps(rec, indent=2))
+    return path
+
+
+def check_budget(plan: Plan) -> None:
+    """Refuse (ConfigError, exit 2) a Slurm sweep over budget that nobody approved."""
+    if not plan.on_slurm:
+        return
+    over = plan.over_budget()
+    if not over or plan.jobs[0].spec.cfg.approve or approval(plan) is not None:
+        return
+    raise ConfigError(
+        "budget",
+        "; ".join(over),
+        f"sweep refused ({len(plan.jobs)} jobs, {plan.trials} trials; `benchflow plan` shows "
+        "them): submit with approve=true, or have an administrator record an approval with "
+        f"`benchflow plan --approve-as NAME ...` (sweep fingerprint {plan.fingerprint})",
+    )
