@@ -55,12 +55,12 @@ def _synth(root: Path, experiment: str, seconds: int, seed: int, uri: str) -> Pa
 
 def _points(tdir: Path) -> int:
     """Metric points one upload of this trial sends (summary figures + series)."""
-    from benchflow import tracking
     from benchflow.results import TrialResult, metrics_flat, read_json
+    from benchflow.tracking.upload import series_metrics
 
     meta = read_json(tdir / "meta.json")
     flat = metrics_flat(TrialResult.model_validate(read_json(tdir / "metrics.json")))
-    return len(flat) + len(tracking._series(tdir, meta))
+    return len(flat) + len(series_metrics(tdir, meta))
 
 
 def _trial_upload(url: str, root: Path) -> list[Row]:

@@ -24,6 +24,11 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(argv)
         return
     argv = ["hydra.verbose=true" if a in ("-v", "--verbose") else a for a in argv]
+    from benchflow.config.search import quote_slo_overrides
+
+    argv = quote_slo_overrides(argv)  # search.slo=[latency_ms.p99<=50]: '<' needs quotes
+    if _show_cfg_with_target(argv):
+        return
     _prevalidate(argv)
     _mask_launcher_logs()
     sys.argv = [sys.argv[0], *argv]
@@ -41,6 +46,27 @@ def _verbose_override(overrides: list[str]) -> object:
         return OverridesParser.create().parse_override(given[-1]).value()
     except Exception:  # Hydra says what is wrong with it
         return False
+
+
+def _show_cfg_with_target(argv: list[str]) -> bool:
+    """``--cfg job|all target=NAME/1``: print the config with the target's spec merged
+    (benchflow/config/compose.py: show_cfg); False: Hydra prints it (no target)."""
+    from hydra._internal.utils import get_args_parser
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    if not args.cfg or args.multirun:
+        return False
+    from benchflow.config.compose import show_cfg
+
+    try:
+        text = show_cfg(args.overrides, args.cfg, args.package, args.resolve, args.config_dir)
+    except ConfigError as exc:
+        print(f"benchflow: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+    if text is None:
+        return False
+    sys.stdout.write(text)
+    return True
 
 
 def _prevalidate(argv: list[str]) -> None:
@@ -112,6 +138,10 @@ def hydra_app(cfg: DictConfig):
 
     quiet_third_party(HydraConfig.get().verbose)  # as the job's own config says
 
+    if (cfg.get("search") or {}).get("kind", "none") != "none":
+        from benchflow.search import run_search  # probes as trials (docs/capacity.md)
+
+        return run_search(cfg)
     return run_job(cfg)
 
 

@@ -68,7 +68,8 @@ class Isolation(BaseModel):
         default_factory=list, description="extra pip options, e.g. [--index-url, URL]"
     )
     system_site_packages: bool = Field(
-        False, description="venv: see the base interpreter's packages (faster, less isolated)"
+        False,
+        description="venv: also see the harness interpreter's packages (faster, less isolated)",
     )
     image: str | None = Field(None, description="container: a .sif path or docker://REF@sha256:...")
     runtime: str = Field("apptainer", description="container: the runtime's executable")

@@ -29,6 +29,7 @@ pytest_plugins: list[str] = [
     "fixtures.llamacpp",
     "fixtures.pytriton",
     "fixtures.tracking_server",
+    "fixtures.browser",
 ]
 
 

@@ -28,6 +28,7 @@ LAYERS = (
     "config",  # compose, validate, targets merged in, limits
     "run",  # one trial
     "sweeps",  # many trials, Slurm
+    "search",  # capacity search and saturation sweeps: probes are trials, maybe Slurm jobs
     "analysis",  # compare, promotion, catalogue, report
     "plugins",  # hydra_plugins, mlflow_plugins
     "cli",  # benchflow <command>

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from benchflow import registry, tracking
 from benchflow.analysis.compare import (
+    Calibrations,
     Comparison,
     Decision,
     Policy,
@@ -73,7 +74,9 @@ def promote(
         wanted = metrics or list(
             dict.fromkeys([*default_metrics(base, cand), policy.primary, *policy.guards])
         )
-        cmp = compare_selections(base, cand, wanted, settings, ignore, Path(results_dir))
+        cmp = compare_selections(
+            base, cand, wanted, settings, ignore, Path(results_dir), calibrations=Calibrations(c)
+        )
         decision = gate(cmp, policy)
 
     evidence = _record_evidence(c, cand_t, alias, current, decision, cmp, policy)

@@ -98,7 +98,7 @@ def write_trial(results_dir: Path, t: SynthTrial) -> Path:
         latency_ms=results.distribution(hists["latency"]),
         service_time_ms=results.distribution(hists["service"]),
         ttfb_ms=results.distribution(ttfb) if ttfb else None,
-        distributions={"itl": results._lenient(hists["x.itl"])} if ttfb else {},
+        distributions={"itl": results.lenient_distribution(hists["x.itl"])} if ttfb else {},
         load=results.Load(
             mode="closed",
             concurrency=int(cfg["concurrency"]),
@@ -126,7 +126,7 @@ def write_trial(results_dir: Path, t: SynthTrial) -> Path:
     results.write_json(tdir / "metrics.json", res.model_dump(mode="json"))
     results.write_json(tdir / "histograms.json", {k: h.to_dict() for k, h in hists.items()})
     per_s = np.maximum(rng.normal(t.throughput, t.throughput * 0.03, t.seconds), 0)
-    results._write_csv(
+    results.write_csv(
         tdir / "timeseries.csv",
         [
             {
@@ -140,7 +140,7 @@ def write_trial(results_dir: Path, t: SynthTrial) -> Path:
             for s in range(t.seconds)
         ],
     )
-    results._write_csv(
+    results.write_csv(
         tdir / "system.csv",
         [{"t": now + s, "second": s, "host.cpu_util": 50.0} for s in range(t.seconds)],
     )

@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "sync": "benchflow.cli.sync:sync",
     "targets": "benchflow.cli.targets:targets",
     "compare": "benchflow.cli.compare:compare",
+    "calibrate": "benchflow.cli.calibrate:calibrate",
     "promote": "benchflow.cli.promote:promote",
     "report": "benchflow.cli.report:report",
     "plan": "benchflow.cli.plan:plan",

@@ -52,9 +52,11 @@ def stats_options(f):
     return f
 
 
-def settings_from(floor, alpha, min_repetitions, resamples, test):
+def settings_from(floor, alpha, min_repetitions, resamples, test, block_cv=0.03):
     from benchflow.analysis.compare import Settings
 
+    if not 0 <= block_cv < 1:
+        raise click.BadParameter(f"{block_cv}: must be in [0, 1)", param_hint="--block-cv")
     if not 0 <= floor < 1:
         raise click.BadParameter(f"{floor}: must be in [0, 1)", param_hint="--floor")
     if not 0 < alpha < 1:
@@ -62,7 +64,12 @@ def settings_from(floor, alpha, min_repetitions, resamples, test):
     if min_repetitions < 2:
         raise click.BadParameter(f"{min_repetitions}: at least 2", param_hint="--min-repetitions")
     return Settings(
-        floor=floor, alpha=alpha, min_repetitions=min_repetitions, resamples=resamples, test=test
+        floor=floor,
+        alpha=alpha,
+        min_repetitions=min_repetitions,
+        resamples=resamples,
+        test=test,
+        block_cv=block_cv,
     )
 
 
@@ -71,14 +78,22 @@ def print_table(cmp, guards: set[str] | None = None, primary: str | None = None)
     from rich.console import Console
     from rich.table import Table
 
-    from benchflow.analysis.compare import BETTER, NO_DATA, WORSE, fmt, fmt_ci
+    from benchflow.analysis.compare import (
+        BETTER,
+        NO_DATA,
+        WORSE,
+        fmt,
+        fmt_ci,
+        fmt_design,
+        fmt_mde,
+    )
 
     console = Console()
     if not console.is_terminal:
         console.width = 200
     t = Table(title=f"baseline {cmp.baseline}  vs  candidate {cmp.candidate}")
-    cols = ["config", "metric", "n b/c", "baseline", "candidate", "ratio", "95% CI"]
-    cols += ["p Welch", "p MWU", "q", "verdict", "note"]
+    cols = ["config", "metric", "design", "n b/c", "baseline", "candidate", "ratio"]
+    cols += [f"{cmp.settings.confidence:.0%} CI", "p t", "p rank", "q", "MDE", "verdict", "note"]
     for c in cols:
         t.add_column(c, overflow="fold")
     style = {BETTER: "green", WORSE: "red", NO_DATA: "yellow"}
@@ -91,6 +106,7 @@ def print_table(cmp, guards: set[str] | None = None, primary: str | None = None)
         t.add_row(
             r.config,
             f"{r.metric} {'↑' if r.higher_is_better else '↓'}{mark}",
+            fmt_design(r),
             f"{r.n_baseline}/{r.n_candidate}",
             fmt(r.median_baseline),
             fmt(r.median_candidate),
@@ -99,6 +115,7 @@ def print_table(cmp, guards: set[str] | None = None, primary: str | None = None)
             fmt(r.p_welch),
             fmt(r.p_mannwhitney),
             fmt(r.p_adjusted),
+            fmt_mde(r.mde),
             f"[{style.get(r.verdict, '')}]{r.verdict}[/]" if r.verdict in style else r.verdict,
             r.note,
         )
@@ -117,10 +134,16 @@ def run_comparison(
     experiment,
     results_dir,
     policy_metrics=(),
+    calibration="auto",
 ):
     """Select both sides and compare; a user error ends with exit 2."""
     from benchflow import tracking
-    from benchflow.analysis.compare import CompareError, compare_selections, select
+    from benchflow.analysis.compare import (
+        Calibrations,
+        CompareError,
+        compare_selections,
+        select,
+    )
 
     c = tracking.client(tracking_uri)
     try:
@@ -131,7 +154,16 @@ def run_comparison(
             from benchflow.analysis.compare import default_metrics
 
             wanted = list(dict.fromkeys([*default_metrics(b, cand), *policy_metrics]))
-        return b, cand, compare_selections(b, cand, wanted, settings, ignore, Path(results_dir))
+        cals = Calibrations(c, calibration)
+        if calibration not in ("auto", "none"):
+            try:
+                c.get_run(calibration)
+            except Exception:
+                fail(f"--calibration {calibration}: no such run (auto, none or a run id)")
+        cmp = compare_selections(
+            b, cand, wanted, settings, ignore, Path(results_dir), calibrations=cals
+        )
+        return b, cand, cmp
     except CompareError as exc:
         fail(str(exc))
 
@@ -144,6 +176,20 @@ def run_comparison(
 @click.option("--baseline", required=True)
 @click.option("--candidate", required=True)
 @stats_options
+@click.option(
+    "--calibration",
+    default="auto",
+    show_default=True,
+    help="for sides run apart (blocked): auto (the latest calibration of the runs' host or "
+    "partition, from `benchflow calibrate`), none, or a calibration run id",
+)
+@click.option(
+    "--block-cv",
+    default=0.03,
+    show_default=True,
+    help="sides run apart on a host without calibration: the between-block SD assumed (or "
+    "the runs' own spread, when larger); no verdict below the minimal detectable effect it leaves",
+)
 @click.option(
     "--fail-on-regression",
     is_flag=True,
@@ -166,6 +212,8 @@ def compare(
     ignore,
     experiment,
     results_dir,
+    calibration,
+    block_cv,
     fail_on_regression,
     guards,
     primary,
@@ -175,7 +223,7 @@ def compare(
 ) -> None:
     from benchflow.analysis.compare import load_policy
 
-    settings = settings_from(floor, alpha, min_repetitions, resamples, test)
+    settings = settings_from(floor, alpha, min_repetitions, resamples, test, block_cv)
     from benchflow import tracking
     from benchflow.analysis.compare import CompareError, select
 
@@ -197,6 +245,7 @@ def compare(
         experiment,
         results_dir,
         policy_metrics=(prim, *sorted(guard_set)),
+        calibration=calibration,
     )
     print_table(cmp, guard_set, prim)
     if json_out:

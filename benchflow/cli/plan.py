@@ -1,4 +1,5 @@
-"""``benchflow plan OVERRIDES…``: the jobs a sweep expands to, their requests, the totals."""
+"""``benchflow plan OVERRIDES…``: the jobs a sweep expands to, in the order it runs them,
+their requests, the totals."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import click
 
 
 @click.command(
-    help="Show what a sweep would run and request (as with -m): each job's resources and the "
-    "total GPU-hours and CPU-hours against the budget. Nothing is submitted.",
+    help="Show what a sweep would run and request (as with -m): its jobs in the order it runs "
+    "them (order=interleaved|random|blocked), each job's resources and the total GPU-hours "
+    "and CPU-hours against the budget. Nothing is submitted.",
     context_settings={"ignore_unknown_options": True},
 )
 @click.option("--config-dir", default=None, help="an extra config directory (as -cd)")
@@ -23,7 +25,7 @@ import click
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 def plan(config_dir: str | None, approve_as: str | None, as_json: bool, overrides) -> None:
     from benchflow.config import EXIT_CONFIG, ConfigError
-    from benchflow.sweeps.slurm.plan import approval, make_plan, record_approval
+    from benchflow.sweeps.slurm.plan import ORDER_TEXT, approval, make_plan, record_approval
 
     overrides = [o for o in overrides if o not in ("-m", "--multirun")]
     try:
@@ -44,6 +46,9 @@ def plan(config_dir: str | None, approve_as: str | None, as_json: bool, override
                     "launcher": p.launcher,
                     "slurm": p.on_slurm,
                     "trials": p.trials,
+                    "configurations": len(p.configs or p.jobs),
+                    "order": p.order,
+                    "trial_order": [list(t) for t in p.trial_order],
                     "gpu_hours": p.gpu_hours,
                     "cpu_hours": p.cpu_hours,
                     "budget": p.budget.model_dump(),
@@ -55,6 +60,7 @@ def plan(config_dir: str | None, approve_as: str | None, as_json: bool, override
                             "overrides": list(j.overrides),
                             "service": j.spec.service.name,
                             "repetitions": j.spec.cfg.repetitions,
+                            "runs_repetitions": j.repetitions,
                             "request": j.request.as_dict(),
                             "gpu_hours": j.request.gpu_hours,
                             "cpu_hours": j.request.cpu_hours,
@@ -69,7 +75,12 @@ def plan(config_dir: str | None, approve_as: str | None, as_json: bool, override
     _table(p)
     b = p.budget
     click.echo(
-        f"total: {len(p.jobs)} job(s), {p.trials} trial(s), {p.gpu_hours:.4g} GPU-hours "
+        f"order: {ORDER_TEXT.get(p.order, p.order)} "
+        "(jobs start in this order; Slurm arrays are submitted in it)"
+    )
+    click.echo(
+        f"total: {len(p.configs or p.jobs)} configuration(s), {len(p.jobs)} job(s), "
+        f"{p.trials} trial(s), {p.gpu_hours:.4g} GPU-hours "
         f"(budget {b.gpu_hours:g}), {p.cpu_hours:.4g} CPU-hours (budget {b.cpu_hours:g})"
     )
     click.echo(f"sweep fingerprint: {p.fingerprint}")
@@ -85,6 +96,15 @@ def plan(config_dir: str | None, approve_as: str | None, as_json: bool, override
         click.echo("within budget")
 
 
+def _reps(j) -> str:
+    """The repetitions a job runs: "2 of 0-4" in an interleaved sweep, "0-4" blocked."""
+    reps, total = j.repetitions, j.spec.cfg.repetitions
+    whole = f"0-{total - 1}" if total > 1 else "0"
+    if len(reps) == total:
+        return whole
+    return f"{','.join(map(str, reps))} of {whole}"
+
+
 def _table(p) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -96,7 +116,7 @@ def _table(p) -> None:
         "job",
         "varies",
         "service",
-        "reps",
+        "rep",
         "nodes",
         "tasks",
         "cpus/task",
@@ -111,9 +131,11 @@ def _table(p) -> None:
         r = j.request
         t.add_row(
             str(j.num),
-            " ".join(o for o in j.overrides if o not in common),
+            " ".join(
+                o for o in j.overrides if o not in common and not o.startswith("repetition_index=")
+            ),
             j.spec.service.name,
-            str(j.spec.cfg.repetitions),
+            _reps(j),
             str(r.nodes),
             str(r.ntasks),
             str(r.cpus_per_task),

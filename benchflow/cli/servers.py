@@ -50,10 +50,11 @@ def list_() -> None:
 @_STATE
 def start(service, overrides, host, timeout_s, state_dir) -> None:
     from benchflow.config import EXIT_CONFIG, ConfigError
+    from benchflow.sut.endpoints import state_dir as servers_dir
     from benchflow.sweeps.slurm import servers as s
 
     try:
-        inst = s.start(service, list(overrides), host, s.state_dir(state_dir), timeout_s)
+        inst = s.start(service, list(overrides), host, servers_dir(state_dir), timeout_s)
     except ConfigError as exc:
         click.echo(f"benchflow: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
@@ -67,9 +68,10 @@ def start(service, overrides, host, timeout_s, state_dir) -> None:
 @servers.command(help="Running server instances with their Slurm job ids and endpoints.")
 @_STATE
 def ps(state_dir) -> None:
+    from benchflow.sut.endpoints import state_dir as servers_dir
     from benchflow.sweeps.slurm import servers as s
 
-    rows = s.ps(s.state_dir(state_dir))
+    rows = s.ps(servers_dir(state_dir))
     if not rows:
         click.echo("no servers")
     for inst, state in rows:
@@ -83,9 +85,10 @@ def ps(state_dir) -> None:
 @click.option("--timeout", "timeout_s", default=30.0, show_default=True)
 @_STATE
 def check(server_id, timeout_s, state_dir) -> None:
+    from benchflow.sut.endpoints import state_dir as servers_dir
     from benchflow.sweeps.slurm import servers as s
 
-    ok, msg = s.check(server_id, s.state_dir(state_dir), timeout_s)
+    ok, msg = s.check(server_id, servers_dir(state_dir), timeout_s)
     click.echo(f"{server_id}: {'ready at ' if ok else ''}{msg}")
     sys.exit(0 if ok else 1)
 
@@ -94,9 +97,10 @@ def check(server_id, timeout_s, state_dir) -> None:
 @click.argument("server_id")
 @_STATE
 def stop(server_id, state_dir) -> None:
+    from benchflow.sut.endpoints import state_dir as servers_dir
     from benchflow.sweeps.slurm import servers as s
 
-    if not s.stop(server_id, s.state_dir(state_dir)):
+    if not s.stop(server_id, servers_dir(state_dir)):
         click.echo(f"no server {server_id}", err=True)
         sys.exit(1)
     click.echo(f"{server_id} stopped")

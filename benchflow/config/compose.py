@@ -4,6 +4,10 @@
 way Hydra's own launcher will (:class:`Composer`), so a bad value in any job is
 refused before the first trial starts; the validated specs are kept in
 :data:`PREVALIDATED` so the sweeper and the Slurm launcher do not validate twice.
+The order a sweep's trials run in (``order``) is decided here too
+(:func:`order_jobs`, used by the sweeper and ``benchflow plan``), and
+``--cfg job target=...`` composes the config a target's trial runs
+(:func:`show_cfg`).
 """
 
 from __future__ import annotations
@@ -135,6 +139,8 @@ def compose_trials(
             if not open_target:  # only what can run is reused by the launchers
                 PREVALIDATED[tuple(job)] = spec
             specs.append(spec)
+    if multirun and not open_target:
+        sweep_order(specs)  # one order per sweep
     if specs:
         caps = [s.cfg.limits for s in specs if s.cfg.limits.sweep.max_trials is not None]
         try:
@@ -143,6 +149,121 @@ def compose_trials(
         except ConfigRefused as exc:
             raise ConfigError(exc.key, exc.value, exc.allowed) from None
     return specs
+
+
+# -- `--cfg job target=...`: the config a trial of the target runs --------------------
+def show_cfg(
+    overrides: list[str],
+    cfg_type: str,
+    package: str | None = None,
+    resolve: bool = False,
+    config_dir: str | None = None,
+) -> str | None:
+    """What ``python -m benchflow --cfg job|all`` prints when ``target=`` is given: the
+    composed config with the target's spec merged in (as a trial validates it).
+
+    None when the config names no target (Hydra prints its own); raises
+    :class:`benchflow.config.ConfigError` when the target cannot be applied.
+    """
+    from omegaconf import Container
+
+    from benchflow.config.targets import apply_target
+
+    if cfg_type not in ("job", "all"):
+        return None
+    if not any(o.lstrip("+~").split("=", 1)[0] == "target" for o in overrides):
+        return None
+    with composing(config_dir) as composer:
+        cfg = composer.compose(list(overrides), with_hydra=cfg_type == "all")
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    hydra = tree.pop("hydra", None)
+    if tree.get("target") is None:
+        return None
+    merged, _ = apply_target(OmegaConf.create(tree), tuple(overrides))
+    if hydra is not None:  # Hydra's own `--cfg all` shows its node first
+        merged = OmegaConf.merge({"hydra": hydra}, merged)
+    if package and package != "_global_":
+        node = OmegaConf.select(merged, package)
+        if node is None:
+            from benchflow.config import ConfigError
+
+            raise ConfigError("--package", package, "not found in the config")
+    else:
+        node, package = merged, None
+    if not isinstance(node, Container):
+        return f"{node}\n"
+    if resolve:
+        OmegaConf.resolve(node)
+    head = f"# @package {package}\n" if package else ""
+    return head + OmegaConf.to_yaml(node)
+
+
+# -- the order of a sweep's trials ---------------------------------------------------
+REPETITION_KEY = "repetition_index"
+
+
+def sweep_order(specs: list[TrialSpec]) -> str:
+    """The ``order`` of a sweep: one for all its jobs (ConfigError otherwise)."""
+    orders = sorted({s.cfg.order for s in specs})
+    if len(orders) > 1:
+        raise ConfigError(
+            "order", ",".join(orders), "one order for the whole sweep (do not sweep order)"
+        )
+    return orders[0] if orders else "interleaved"
+
+
+def order_seed(specs: list[TrialSpec]) -> str:
+    """What ``order=random`` draws its permutation from: the sweep's ``seed`` (the
+    distinct seeds of its jobs, comma-separated, when ``seed`` is swept)."""
+    return ",".join(str(s) for s in sorted({s.cfg.seed for s in specs}))
+
+
+def order_jobs(jobs: list[list[str]], specs: list[TrialSpec]) -> list[tuple[list[str], TrialSpec]]:
+    """The jobs Hydra launches for a sweep, in the order of its ``order``.
+
+    ``blocked``: the jobs as Hydra expands them, each running its configuration's
+    repetitions one after the other (benchflow before ``order`` existed).
+    ``interleaved`` and ``random``: a configuration with repetitions > 1 becomes one
+    job per repetition (its overrides plus ``repetition_index=k``, its spec with
+    that key set); ``interleaved`` runs repetition 0 of every configuration (in
+    Hydra's order), then repetition 1, ...; ``random`` shuffles all those jobs with
+    ``random.Random("benchflow-order:" + order_seed(specs))`` — the same sweep, the
+    same order. Returns (overrides, spec) per job, in launch order.
+    """
+    order = sweep_order(specs)
+    if order == "blocked":
+        return [(list(j), s) for j, s in zip(jobs, specs, strict=True)]
+    units: list[tuple[int, int, list[str], TrialSpec]] = []  # (repetition, config, job, spec)
+    for i, (job, spec) in enumerate(zip(jobs, specs, strict=True)):
+        reps = spec.repetitions_run
+        searching = getattr(getattr(spec.cfg, "search", None), "kind", "none") != "none"
+        if len(reps) == 1 or searching:  # a search's job runs its own probes, whole
+            units.append((reps[0], i, list(job), spec))
+            continue
+        for k in reps:
+            units.append((k, i, [*job, f"{REPETITION_KEY}={k}"], one_repetition(spec, k)))
+    if order == "random":
+        import random
+
+        random.Random(f"benchflow-order:{order_seed(specs)}").shuffle(units)
+    else:
+        units.sort(key=lambda u: (u[0], u[1]))
+    return [(job, spec) for _, _, job, spec in units]
+
+
+def one_repetition(spec: TrialSpec, k: int) -> TrialSpec:
+    """``spec`` restricted to repetition ``k`` (as validating it with
+    ``repetition_index=k`` would give, without composing it again)."""
+    import dataclasses
+
+    text = None if spec.resolved_text is None else {**spec.resolved_text, REPETITION_KEY: k}
+    return dataclasses.replace(
+        spec,
+        cfg=spec.cfg.model_copy(update={REPETITION_KEY: k}),
+        resolved={**spec.resolved, REPETITION_KEY: k},
+        resolved_text=text,
+        overrides=(*spec.overrides, f"{REPETITION_KEY}={k}"),
+    )
 
 
 def _from_hydra(exc: Exception, job: list[str], search: list[str] = ()) -> ConfigError:

@@ -5,13 +5,22 @@ and :class:`TrialSpec`, the validated whole a trial runs from.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from benchflow.config.limits import LimitsConfig
+from benchflow.config.search import SearchConfig
 from benchflow.sut.placement import PlacementConfig
 from drivers.base import Driver, RunSettings, ServiceSettings
 
@@ -69,6 +78,81 @@ class ValidityRules(_Strict):
 
     max_rate_shortfall: float = Field(0.05, ge=0, le=1)
     max_error_rate: float = Field(0.01, ge=0, le=1)
+    # steady state and saturation (docs/metrics.md#steady-state-and-saturation)
+    max_throughput_trend: float = Field(
+        0.10, gt=0, description="throughput's fitted change over the window, relative to its mean"
+    )
+    max_latency_trend: float = Field(
+        0.20, gt=0, description="p50 latency's fitted change over the window, relative to its mean"
+    )
+    max_completion_shortfall: float = Field(
+        0.05, ge=0, le=1, description="open loop: completed rate under the offered rate"
+    )
+
+
+class PrecisionConfig(_Strict):
+    """``duration_s=auto``: when the measured phase may end (docs/metrics.md#precision)."""
+
+    rel: float = Field(0.02, lt=1, description="relative half-width every judged percentile needs")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="of the percentiles' intervals")
+    min_s: float = Field(10, gt=0, description="never end the measured phase before this")
+    max_s: float = Field(120, gt=0, description="always end it by this")
+    percentiles: list[str] | None = Field(
+        None, description="the percentiles judged; null: p50, p90, p95, p99"
+    )
+
+    @field_validator("rel")
+    @classmethod
+    def _resolvable(cls, v: float) -> float:
+        from benchflow.load.histogram import DEFAULT_REL_ERROR
+        from benchflow.load.precision import MIN_REL
+
+        if v < MIN_REL:
+            raise ValueError(
+                f"at least {MIN_REL:g}: the latency histogram's buckets are "
+                f"{DEFAULT_REL_ERROR:.1%} wide and an interval is read at bucket edges, "
+                "so a narrower half-width cannot be claimed"
+            )
+        return v
+
+    @field_validator("percentiles")
+    @classmethod
+    def _reported(cls, v: list[str] | None) -> list[str] | None:
+        from benchflow.results.schema import PERCENTILES
+
+        if v is not None and not v:
+            raise ValueError("name at least one (or null: p50, p90, p95, p99)")
+        for name in v or []:
+            if name not in PERCENTILES:
+                raise ValueError(f"{name!r} is not reported; allowed: {', '.join(PERCENTILES)}")
+        return v
+
+    @field_validator("max_s")
+    @classmethod
+    def _after_min(cls, v: float, info: ValidationInfo) -> float:
+        low = info.data.get("min_s")
+        if low is not None and v < low:
+            raise ValueError(f"below precision.min_s ({low:g})")
+        return v
+
+    def goal(self):
+        """The engine's :class:`~benchflow.load.precision.PrecisionGoal`."""
+        from benchflow.load.precision import PrecisionGoal
+        from benchflow.results.schema import PERCENTILES
+
+        names = self.percentiles or list(DEFAULT_PRECISION_PERCENTILES)
+        return PrecisionGoal(
+            self.rel,
+            self.confidence,
+            self.min_s,
+            self.max_s,
+            tuple((n, PERCENTILES[n]) for n in names),
+        )
+
+
+# Judged by default: every reported percentile a trial of a few seconds has the samples
+# for; p99.9 needs ten times p99's and is judged only when named.
+DEFAULT_PRECISION_PERCENTILES = ("p50", "p90", "p95", "p99")
 
 
 class TrackingConfig(_Strict):
@@ -107,16 +191,30 @@ class BenchConfig(_Strict):
     concurrency: int = Field(1, ge=1)
     rate: float | None = Field(None, gt=0, description="requests/s; null = closed loop")
     arrival: Literal["constant", "poisson"] = "poisson"
-    duration_s: float = Field(10, gt=0)
+    duration_s: float | Literal["auto"] = Field(
+        10, description="seconds, or auto: until the percentiles are known (precision.*)"
+    )
     requests: int | None = Field(None, ge=1)
     warmup_s: float = Field(2, ge=0)
     repetitions: int = Field(1, ge=1)
-    seed: int = 0
+    seed: int = Field(0, description="repetition k runs with repetition_seed(seed, k)")
+    # the order of a sweep's trials (docs/configuration.md#order-of-execution-and-seeds)
+    order: Literal["interleaved", "random", "blocked"] = Field(
+        "interleaved",
+        description="interleaved: repetition 0 of every configuration, then 1, ...; "
+        "random: a permutation drawn from seed; blocked: each configuration's repetitions together",
+    )
+    repetition_index: int | None = Field(
+        None,
+        ge=0,
+        description="run only this repetition (a sweep's interleaved jobs set it); null: all",
+    )
     clients: int = Field(1, ge=1)
     results_dir: str = "results"
     data_dir: str
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     validity: ValidityRules = Field(default_factory=ValidityRules)
+    precision: PrecisionConfig = Field(default_factory=PrecisionConfig)
     stall_timeout_s: float = Field(60, gt=0)
     progress: Literal["auto", "on", "off"] = "auto"
     # running sweeps (docs/slurm.md)
@@ -133,8 +231,51 @@ class BenchConfig(_Strict):
     approve: bool = Field(False, description="submit a sweep above the budget anyway")
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)  # docs/capacity.md
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     envs_dir: str = Field("~/.cache/benchflow/envs", description="cached isolated venvs")
+
+    @field_validator("duration_s", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        try:
+            seconds = float(v)
+        except (TypeError, ValueError):
+            seconds = None
+        if seconds is None or not seconds > 0:
+            raise ValueError("a number of seconds > 0, or auto (precision-driven: precision.*)")
+        return seconds
+
+    @field_validator("requests")
+    @classmethod
+    def _count_or_auto(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and info.data.get("duration_s") == "auto":
+            raise ValueError(
+                "duration_s=auto ends the measured phase by its precision, requests by a "
+                "count: set one of them (requests=null)"
+            )
+        return v
+
+    @field_validator("clients")
+    @classmethod
+    def _one_client_for_auto(cls, v: int, info: ValidationInfo) -> int:
+        if v > 1 and info.data.get("duration_s") == "auto":
+            raise ValueError(
+                "duration_s=auto needs clients=1 for now: its stop rule reads the histogram "
+                "of one load-generating process while it runs (those of several client "
+                "processes only meet at the end of the phase)"
+            )
+        return v
+
+    @field_validator("repetition_index")
+    @classmethod
+    def _one_of_the_repetitions(cls, v: int | None, info) -> int | None:
+        reps = info.data.get("repetitions")
+        if v is not None and reps is not None and v >= reps:
+            raise ValueError(f"a repetition of 0..{reps - 1} (repetitions={reps})")
+        return v
 
     @model_validator(mode="after")
     def _clients_fit(self) -> BenchConfig:
@@ -153,11 +294,48 @@ class TrialSpec:
     cfg: BenchConfig
     service: ServiceSettings
     driver_cls: type[Driver]
-    resolved: dict[str, Any]  # the whole resolved config (secrets still in it)
+    # the whole resolved config by value: validated, canonical (secrets still in it)
+    resolved: dict[str, Any]
     overrides: tuple[str, ...] = ()
     target: Any = None  # benchflow.registry.ResolvedTarget when `target=` was given
+    # the resolved config as given (text-typed values): its hash is the one benchflow
+    # recorded before identity by value (benchflow.results.identity.config_hashes)
+    resolved_text: dict[str, Any] | None = None
 
     @property
     def run_settings(self) -> RunSettings:
+        """The run settings with the config's own ``seed`` (what validation checks)."""
         c = self.cfg
         return RunSettings(c.batch, c.concurrency, c.clients, c.seed, c.rate)
+
+    def run_settings_for(self, repetition: int) -> RunSettings:
+        """The run settings a trial of repetition ``repetition`` runs with: its seed
+        is :func:`repetition_seed` of the config's ``seed``."""
+        c = self.cfg
+        return RunSettings(c.batch, c.concurrency, c.clients, self.seed_for(repetition), c.rate)
+
+    def seed_for(self, repetition: int) -> int:
+        return repetition_seed(self.cfg.seed, repetition)
+
+    @property
+    def repetitions_run(self) -> list[int]:
+        """The repetitions a job of this spec runs: all, or the one ``repetition_index``
+        names (a job of an interleaved or random sweep)."""
+        c = self.cfg
+        return list(range(c.repetitions)) if c.repetition_index is None else [c.repetition_index]
+
+
+def repetition_seed(seed: int, repetition: int) -> int:
+    """The seed repetition ``repetition`` of a configuration runs with.
+
+    Repetition 0 runs with ``seed`` itself (a single trial runs exactly as before);
+    repetition k >= 1 with the first four bytes (big-endian) of
+    SHA-256(``"benchflow-seed:{seed}:{k}"``), top bit cleared (0 <= seed_k < 2**31).
+    It depends on ``seed`` and k only, so repetition k of two configurations or two
+    targets draws the same open-loop schedule and the same random choices (common
+    random numbers), while the repetitions of one configuration differ.
+    """
+    if repetition == 0:
+        return seed
+    digest = hashlib.sha256(f"benchflow-seed:{seed}:{repetition}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF

@@ -1,6 +1,8 @@
 """Merging a registered target into a config before it is validated
 (``target=NAME@ALIAS`` or ``target=NAME/VERSION``): the target's spec sets its
-keys, and an override that contradicts the spec is refused.
+keys, and an override that contradicts the spec is refused. ``python -m
+benchflow --cfg job target=...`` prints the config with the target merged
+(:func:`benchflow.config.compose.show_cfg`).
 """
 
 from __future__ import annotations

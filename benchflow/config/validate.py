@@ -4,10 +4,17 @@ value and what is allowed, before anything starts.
 A ``target`` is merged in first (:mod:`benchflow.config.targets`), a
 ``service.server=ID`` becomes the endpoint of that server, then the top-level
 keys, the driver's settings, its own checks and the declared needs are checked.
+The spec's ``resolved`` config is then *by value*: each value a model validated
+replaced by its typed form, numbers canonical (``5.0`` -> ``5``), so params and
+hashes never depend on how an override was spelled; :func:`normalize_params`
+brings stored params of older runs to the same form.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -15,6 +22,8 @@ from pydantic import BaseModel, ValidationError
 
 from benchflow.config.limits import check_needs
 from benchflow.config.schema import MISSING, BenchConfig, ConfigError, TrialSpec
+from benchflow.results.identity import canonical
+from benchflow.secrets import is_secret_key
 from benchflow.sut.placement import format_cpus
 from drivers.base import ConfigRefused, Driver, Resources
 
@@ -78,10 +87,14 @@ def _validate(
         service = driver_cls.Settings.model_validate(bench.service)
     except ValidationError as exc:
         raise _from_pydantic(exc, driver_cls.Settings, bench.service, prefix="service") from None
+    # Identity by value: what the typed settings hold, not the override's text.
+    resolved_text = copy.deepcopy(resolved)
+    resolved = _by_value(resolved, bench, service)
     if bench.placement.active:  # one spelling per CPU set in params and the config hash
-        resolved["placement"] = {
+        placement = {
             k: format_cpus(v) if v else None for k, v in bench.placement.model_dump().items()
         }
+        resolved["placement"] = resolved_text["placement"] = placement
     if bench.placement.server_cpus and getattr(service, "mode", None) == "server":
         raise ConfigError(
             "placement.server_cpus",
@@ -89,7 +102,7 @@ def _validate(
             "only for a server the trial launches (service.mode=embedded); pin a running "
             "server where it runs",
         )
-    spec = TrialSpec(bench, service, driver_cls, resolved, tuple(overrides), target)
+    spec = TrialSpec(bench, service, driver_cls, resolved, tuple(overrides), target, resolved_text)
     try:
         driver_cls.check(service, spec.run_settings)
         if not open_target:
@@ -98,6 +111,142 @@ def _validate(
     except ConfigRefused as exc:
         raise ConfigError(exc.key, exc.value, exc.allowed) from None
     return spec
+
+
+# -- identity by value ------------------------------------------------------------
+def _by_value(resolved: dict[str, Any], bench: BenchConfig, service: BaseModel) -> dict[str, Any]:
+    """The resolved config with every value a model validated replaced by its typed,
+    JSON form, then in canonical form (:func:`benchflow.results.identity.canonical`).
+
+    Only the keys the config has are kept (a model's defaults are not added, so the
+    hash of a config does not change when a driver gains a setting); keys no model
+    knows, and secrets, stay as given.
+    """
+    top = _jsonable(bench.model_dump())
+    top.pop("service", None)  # a plain dict there: the driver's model types it
+    out = _merge(resolved, top)
+    out["service"] = _merge(resolved.get("service", {}), _jsonable(service.model_dump()))
+    return canonical(out)
+
+
+_KEEP = object()  # a value whose dump hides it (a pydantic secret): the given one stays
+
+
+def _jsonable(value: Any) -> Any:
+    from pydantic import SecretBytes, SecretStr
+    from pydantic_core import to_jsonable_python
+
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, SecretStr | SecretBytes):
+        return _KEEP
+    return to_jsonable_python(value)
+
+
+def _merge(given: Any, typed: Any) -> Any:
+    if isinstance(given, dict):
+        if not isinstance(typed, dict):
+            return given
+        return {
+            k: v if k not in typed or is_secret_key(str(k)) else _merge(v, typed[k])
+            for k, v in given.items()
+        }
+    if isinstance(typed, dict) or typed is _KEEP:
+        return given
+    if isinstance(given, list) and isinstance(typed, list) and len(given) == len(typed):
+        return [_merge(g, t) for g, t in zip(given, typed, strict=True)]
+    return typed
+
+
+def normalize_params(params: Mapping[str, Any]) -> dict[str, str]:
+    """MLflow params of a stored trial in the form a trial logs them now.
+
+    Runs logged before identity by value hold the text of their config
+    (``service.service_ms`` = ``"5.0"`` or ``"5"``, as typed). Each param is read back
+    (YAML), validated by the type its key has in the driver's ``Settings`` (from
+    ``service.driver``; ``service.*`` keys) or in :class:`BenchConfig` (the others),
+    and written as a trial writes it now (canonical form: ``"5"``). A param whose
+    key no model types keeps its text, except that a float with an integral value
+    loses its ``.0`` as everywhere; one that does not parse as its type keeps its
+    text. ``custom.*`` (the driver's own metadata) is left alone. Idempotent: params
+    logged now come back unchanged.
+
+    ``benchflow compare`` normalizes both sides' params with this before pairing
+    them by workload hash, and ``resume`` before matching a stored run's params.
+    """
+    from drivers import discovery
+
+    settings: type[BaseModel] | None
+    try:
+        settings = discovery.load(str(params.get("service.driver"))).Settings
+    except Exception:  # a driver not installed here: its keys keep their text
+        settings = None
+    out = {}
+    for key, text in params.items():
+        parts = str(key).split(".")
+        if parts[0] == "custom" or not isinstance(text, str):
+            out[key] = text if isinstance(text, str) else str(text)
+        elif parts[0] == "service":
+            out[key] = _param_by_value(settings, tuple(parts[1:]), text)
+        else:
+            out[key] = _param_by_value(BenchConfig, tuple(parts), text)
+    return out
+
+
+_UNTYPED = object()
+
+
+def _param_by_value(model: type[BaseModel] | None, path: tuple[str, ...], text: str) -> str:
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except Exception:
+        return text
+    adapter = _adapter(model, path) if model is not None else _UNTYPED
+    if adapter is None:  # a key the model does not have (anymore)
+        adapter = _UNTYPED
+    if adapter is _UNTYPED:
+        return str(canonical(value)) if type(value) is float else text
+    try:
+        typed = _jsonable(adapter.validate_python(value))
+    except Exception:
+        return text
+    if typed is _KEEP or (isinstance(typed, dict) and typed):
+        return text
+    return str(canonical(typed))
+
+
+@functools.lru_cache(maxsize=4096)
+def _adapter(model: type[BaseModel], path: tuple[str, ...]) -> Any:
+    """A TypeAdapter of the field at ``path`` in ``model``; None: no such field;
+    _UNTYPED: below a field that is not a model (a free-form dict)."""
+    import typing
+
+    from pydantic import TypeAdapter
+
+    current: Any = model
+    for i, part in enumerate(path):
+        fields = getattr(current, "model_fields", None)
+        if fields is None:
+            return _UNTYPED
+        f = fields.get(part)
+        if f is None:
+            return None
+        ann = f.annotation
+        if i == len(path) - 1:
+            try:
+                return TypeAdapter(ann)
+            except Exception:
+                return _UNTYPED
+        sub = [a for a in (ann, *typing.get_args(ann)) if isinstance(a, type)]
+        sub = [a for a in sub if issubclass(a, BaseModel)]
+        if not sub:
+            return _UNTYPED
+        current = sub[0]
+    return _UNTYPED
 
 
 def _server_endpoint(service: dict[str, Any]) -> dict[str, Any]:

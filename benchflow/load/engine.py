@@ -12,6 +12,12 @@ Each request records intended, start, first-byte and end times
 A phase never hangs on a dead SUT: when requests have been in flight for
 ``stall_timeout_s`` and none has completed in that time, the phase is abandoned
 and the requests still in flight are counted as timeouts.
+
+A phase with a :class:`~benchflow.load.precision.PrecisionGoal`
+(``duration_s=auto``) is scheduled for ``max_s`` and looks at its latency
+histogram every ``CHECK_EVERY_S``: once ``min_s`` has passed and every judged
+percentile's interval is within ±rel, no request starts any more (the schedule is
+closed), the window ends there and the requests in flight drain as usual.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from benchflow.load.precision import CHECK_EVERY_S, PrecisionGoal
+from benchflow.load.precision import judge as judge_precision
 from benchflow.load.recorder import Recorder, Recording
 from benchflow.load.schedule import Schedule
 
@@ -76,6 +84,8 @@ class Phase:
     seed: int = 0
     stream: int = 0  # independent schedule stream (phase, client shard)
     start_wall_ns: int | None = None  # start at this wall-clock time (multi-client alignment)
+    # duration_s=auto: end once the percentiles are known well enough (duration_s = max_s)
+    precision: PrecisionGoal | None = None
 
     @property
     def open_loop(self) -> bool:
@@ -140,7 +150,7 @@ class Engine:
         rec = self.recorder = Recorder(window_ns)
         t0 = _start(phase)
         rec.recording.wall_start_s = time.time() - (pc() - t0) / 1e9
-        end = t0 + window_ns if window_ns else None
+        deadline = _Deadline(t0 + window_ns if window_ns else None)
         abandoned = threading.Event()
         inflight: dict[int, int] = {}
         op, drv = self.driver.operation, self.driver
@@ -148,7 +158,7 @@ class Engine:
         def worker(w: int) -> None:
             buf = rec.buffer()
             ctx = RequestContext(w, states[w], buf)
-            add, n = buf.add, 0
+            add, n, flushed = buf.add, 0, 0
             while True:
                 if sched is not None:
                     slot = sched.take()
@@ -156,13 +166,15 @@ class Engine:
                         return
                     intended = t0 + slot[1]
                     sleep_until(intended)
+                    if deadline.at is not None and intended >= deadline.at:
+                        return  # the window ended early (duration_s=auto)
                     ctx.seq = slot[0]
                     start = pc()
                 else:
                     if quota is not None and not quota.take():
                         return
                     start = intended = pc()
-                    if end is not None and start >= end:
+                    if deadline.at is not None and start >= deadline.at:
                         return
                     ctx.seq = n
                 ctx.first_byte_ns = 0
@@ -180,7 +192,8 @@ class Engine:
                 fb = ctx.first_byte_ns
                 add(intended - t0, start - t0, fb - t0 if fb else 0, stop - t0, size or 0, code)
                 n += 1
-                if n % Recorder.FLUSH_EVERY == 0:
+                if n % Recorder.FLUSH_EVERY == 0 or rec.flush_gen != flushed:
+                    flushed = rec.flush_gen
                     rec.flush(buf)
 
         threads = [
@@ -190,14 +203,18 @@ class Engine:
         for t in threads:
             t.start()
         watch = _StallWatch(rec, inflight, self.stall_timeout_s)
+        check = _PrecisionCheck(phase.precision, rec, t0, deadline, sched, threads=True)
         while alive := [t for t in threads if t.is_alive()]:
             alive[0].join(0.05)
+            check.poll()
             if watch.stalled():
                 # Threads cannot be interrupted: leave them (daemons) and stop recording.
                 abandoned.set()
                 watch.count_inflight_as_timeouts()
                 break
-        return rec.finish()
+        out = rec.finish()
+        check.done()
+        return out
 
     # -- asyncio -----------------------------------------------------------------
     def _run_async(self, phases: list[Phase], before) -> list[Recording]:
@@ -231,7 +248,7 @@ class Engine:
             await asleep_until(pc() + max(0, phase.start_wall_ns - time.time_ns()))
         t0 = _start(phase)
         rec.recording.wall_start_s = time.time() - (pc() - t0) / 1e9
-        end = t0 + window_ns if window_ns else None
+        deadline = _Deadline(t0 + window_ns if window_ns else None)
         op, drv = self.driver.operation, self.driver
         inflight: dict[int, int] = {}
         bufs = [rec.buffer() for _ in range(self.concurrency)]
@@ -262,10 +279,12 @@ class Engine:
                 if quota is not None and not quota.take():
                     return
                 now = pc()
-                if end is not None and now >= end:
+                if deadline.at is not None and now >= deadline.at:
                     return
                 await one(w, now, n)
                 n += 1
+                if n % 1024 == 0:  # an operation that never suspends would starve the
+                    await asyncio.sleep(0)  # loop: the stall watch and the precision check
 
         async def dispatch() -> None:
             free: asyncio.Queue[int] = asyncio.Queue()
@@ -283,6 +302,8 @@ class Engine:
                 while (slot := sched.take()) is not None:
                     intended = t0 + slot[1]
                     await asleep_until(intended)
+                    if deadline.at is not None and intended >= deadline.at:
+                        break  # the window ended early (duration_s=auto)
                     w = await free.get()  # all workers busy: this request starts late
                     task = asyncio.ensure_future(run_slot(w, intended, slot[0]))
                     running.add(task)
@@ -298,16 +319,83 @@ class Engine:
         else:
             tasks = {asyncio.ensure_future(dispatch())}
         watch = _StallWatch(rec, inflight, self.stall_timeout_s)
+        check = _PrecisionCheck(phase.precision, rec, t0, deadline, sched, threads=False)
         pending = tasks
         while pending:
             _, pending = await asyncio.wait(pending, timeout=0.05)
+            check.poll()
             if pending and watch.stalled():
                 watch.count_inflight_as_timeouts()
                 for t in pending:
                     t.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
                 break
-        return rec.finish()
+        out = rec.finish()
+        check.done()
+        return out
+
+
+class _Deadline:
+    """When the phase stops starting requests (perf ns; None: bounded by a count).
+    Moved earlier when a duration_s=auto phase reaches its precision."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: int | None) -> None:
+        self.at = at
+
+
+class _PrecisionCheck:
+    """Ends a duration_s=auto phase once its percentiles are known well enough."""
+
+    def __init__(self, goal, rec: Recorder, t0: int, deadline: _Deadline, sched, threads: bool):
+        self.goal, self.rec, self.t0, self.deadline, self.sched = goal, rec, t0, deadline, sched
+        self.threads = threads
+        self.every_ns = int(CHECK_EVERY_S * 1e9)
+        self.next_ns = t0 + int(goal.min_s * 1e9) - self.every_ns if goal else 0
+        self.stopped = False
+
+    def poll(self) -> None:
+        if self.goal is None or self.stopped:
+            return
+        now = pc()
+        if now < self.next_ns:
+            return
+        self.next_ns = now + self.every_ns
+        if self.threads:
+            self.rec.flush_gen += 1  # each worker flushes after its current request
+        else:
+            self.rec.flush_all()  # one thread: nothing appends meanwhile
+        if now - self.t0 < self.goal.min_s * 1e9 or (
+            self.deadline.at is not None and now >= self.deadline.at
+        ):
+            return  # too early, or the phase is over anyway (max_s: done() records it)
+        r = self.rec.recording
+        with self.rec._lock:  # no fold meanwhile: each request is in or out of the window
+            reached, ivs = judge_precision(r.hist["latency"], self.goal)
+            if not reached:
+                return
+            now = pc()
+            elapsed = now - self.t0
+            self.deadline.at = now
+            r.window_ns = elapsed
+            r.stop_by, r.stop_at_ns, r.stop_samples = "precision", elapsed, r.hist["latency"].count
+            r.stop_widths = {name: iv.rel_half_width for name, iv in ivs.items()}
+        self.stopped = True
+        if self.sched is not None:
+            self.sched.close()
+        n = r.stop_samples
+        log.info(
+            "precision reached after %.1f s (%d samples): measured phase ended", elapsed / 1e9, n
+        )
+
+    def done(self) -> None:
+        """After the phase: one that ended on its own ran to max_s (or stalled)."""
+        r = self.rec.recording
+        if self.goal is not None and not self.stopped:
+            r.stop_by, r.stop_at_ns, r.stop_samples = "max_s", r.window_ns, r.hist["latency"].count
+            _, ivs = judge_precision(r.hist["latency"], self.goal)
+            r.stop_widths = {name: iv.rel_half_width for name, iv in ivs.items()}
 
 
 class _StallWatch:

@@ -24,11 +24,12 @@ import numpy as np
 
 LOWEST_NS = 10.0  # 10 ns: below anything a Python call can take
 HIGHEST_NS = 1e13  # ~2.8 hours: above any request
+DEFAULT_REL_ERROR = 1e-3  # bucket growth of every latency histogram a trial keeps
 
 
 @dataclass
 class LogHistogram:
-    rel_error: float = 1e-3
+    rel_error: float = DEFAULT_REL_ERROR
     count: int = 0
     total: float = 0.0  # exact sum, for the mean
     vmin: float = math.inf

@@ -99,12 +99,24 @@ class Recording:
     sec_ok: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     sec_err: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     sec_size: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    sec_start: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # by start
     sec_hist_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     sec_hist_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     clients: int = 1
     failed_clients: list[str] = field(default_factory=list)
     abandoned: bool = False  # the stall watchdog ended the phase
     wall_start_s: float = 0.0  # wall clock of the window start (for the monitor)
+    # offered vs completed load: requests started / ended within the window
+    # (everything, when the phase is bounded by a count)
+    started_in_window: int = 0
+    ended_in_window: int = 0
+    # duration_s=auto: why the phase ended ("precision" | "max_s"), when (ns from the
+    # window start), with how many successful requests judged, and the judged
+    # percentiles' relative half-widths then (None: no finite interval yet)
+    stop_by: str | None = None
+    stop_at_ns: int = 0
+    stop_samples: int = 0
+    stop_widths: dict[str, float | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in CORE:
@@ -137,6 +149,12 @@ class Recording:
             self.hist["ttfb"].record_many((c["first_byte"] - c["intended"])[fb])
         self.ok += int(ok.sum())
         self.size_ok += int(c["size"][ok].sum())
+        if self.window_ns:
+            self.started_in_window += int((c["start"] <= self.window_ns).sum())
+            self.ended_in_window += int((c["end"] <= self.window_ns).sum())
+        else:
+            self.started_in_window += len(c["end"])
+            self.ended_in_window += len(c["end"])
         if not ok.all():
             codes, n = np.unique(c["code"][~ok], return_counts=True)
             for code, cnt in zip(codes.tolist(), n.tolist(), strict=True):
@@ -154,6 +172,7 @@ class Recording:
         self.sec_size[:n] += np.bincount(sec[ok], weights=c["size"][ok], minlength=n).astype(
             np.int64
         )
+        self.sec_start[:n] += np.bincount(np.maximum(c["start"], 0) // 1_000_000_000, minlength=n)
         keys = sec[ok] * self._sec_hist.nbuckets + self._sec_hist.bucket_of(lat)
         self._add_sec_keys(*np.unique(keys, return_counts=True))
 
@@ -163,6 +182,7 @@ class Recording:
             self.sec_ok = np.concatenate([self.sec_ok, np.zeros(pad, np.int64)])
             self.sec_err = np.concatenate([self.sec_err, np.zeros(pad, np.int64)])
             self.sec_size = np.concatenate([self.sec_size, np.zeros(pad, np.int64)])
+            self.sec_start = np.concatenate([self.sec_start, np.zeros(pad, np.int64)])
 
     def _add_sec_keys(self, keys: np.ndarray, counts: np.ndarray) -> None:
         allk = np.concatenate([self.sec_hist_keys, keys])
@@ -195,10 +215,16 @@ class Recording:
         self.sec_ok[:n] += other.sec_ok
         self.sec_err[:n] += other.sec_err
         self.sec_size[:n] += other.sec_size
+        self.sec_start[: len(other.sec_start)] += other.sec_start
         self._add_sec_keys(other.sec_hist_keys, other.sec_hist_counts)
         self.clients += other.clients
         self.failed_clients += other.failed_clients
         self.abandoned = self.abandoned or other.abandoned
+        self.started_in_window += other.started_in_window
+        self.ended_in_window += other.ended_in_window
+        if self.stop_by is None and other.stop_by is not None:
+            self.stop_by, self.stop_at_ns = other.stop_by, other.stop_at_ns
+            self.stop_samples, self.stop_widths = other.stop_samples, dict(other.stop_widths)
         return self
 
     # -- derived figures ---------------------------------------------------------
@@ -213,6 +239,21 @@ class Recording:
         if self.started < 2 or span <= 0:
             return None
         return (self.started - 1) / (span / 1e9)
+
+    def window_s(self) -> float:
+        """The measured window's length: the scheduled (or, for ``duration_s=auto``, the
+        actual) phase length; a count-bounded phase's is its elapsed time."""
+        return self.window_ns / 1e9 if self.window_ns else self.elapsed_s()
+
+    def offered_rate(self) -> float | None:
+        """Requests started (dispatched) within the window, per second of the window."""
+        w = self.window_s()
+        return self.started_in_window / w if w > 0 else None
+
+    def completed_rate(self) -> float | None:
+        """Requests completed (ok or failed) within the window, per second of the window."""
+        w = self.window_s()
+        return self.ended_in_window / w if w > 0 else None
 
     def per_second(self) -> list[dict]:
         """The 1-second series: ok, errors, size, p50 and p99 latency (ms) per second.
@@ -259,6 +300,9 @@ class Recorder:
         self._class_codes: dict[str, int] = {"ok": OK}
         self._lock = threading.Lock()
         self.buffers: list[WorkerBuffer] = []
+        # Raised to ask every worker thread to flush its buffer after its current
+        # request (duration_s=auto reads the histogram while the phase runs).
+        self.flush_gen = 0
 
     def buffer(self) -> WorkerBuffer:
         buf = WorkerBuffer()
@@ -279,6 +323,22 @@ class Recorder:
         cols, extras = buf.drain()
         with self._lock:
             self.recording.fold(cols, extras, self.classes)
+
+    def flush_all(self) -> None:
+        """Fold every buffer now, in one fold. Only where no worker can append meanwhile
+        (the asyncio engine: one thread); worker threads flush their own (``flush_gen``)."""
+        drained = [buf.drain() for buf in list(self.buffers) if len(buf)]
+        if not drained:
+            return
+        cols = {k: np.concatenate([c[k] for c, _ in drained]) for k in drained[0][0]}
+        extras: dict[str, list[np.ndarray]] = {}
+        for _, ex in drained:
+            for k, v in ex.items():
+                extras.setdefault(k, []).append(v)
+        with self._lock:
+            self.recording.fold(
+                cols, {k: np.concatenate(v) for k, v in extras.items()}, self.classes
+            )
 
     def finish(self) -> Recording:
         for buf in list(self.buffers):

@@ -87,6 +87,11 @@ class Schedule:
         self._buf_start += len(self._buf)
         self._buf = (times * 1e9).astype(np.int64)
 
+    def close(self) -> None:
+        """Hand out no more slots (a phase that ended early: duration_s=auto)."""
+        with self._lock:
+            self.count = min(self.count, self._next)
+
     def take(self) -> tuple[int, int] | None:
         """Claim the next request slot: (index, offset ns), or None when exhausted."""
         with self._lock:

@@ -5,7 +5,9 @@ summary, and the validity verdict (:func:`judge`).
 
 from __future__ import annotations
 
+from benchflow.load import precision
 from benchflow.load.recorder import Recording
+from benchflow.results import steady
 from benchflow.results.monitor import Sample
 from benchflow.results.schema import (
     MIN_SAMPLES,
@@ -13,8 +15,11 @@ from benchflow.results.schema import (
     Distribution,
     Errors,
     Load,
+    PercentileInterval,
+    Precision,
     Resource,
     Throughput,
+    Trend,
     TrialResult,
     Validity,
 )
@@ -32,7 +37,7 @@ def distribution(hist) -> Distribution:
     return Distribution(**d, mean=summ["mean"], min=summ["min"], max=summ["max"], count=n)
 
 
-def _lenient(hist) -> Distribution:
+def lenient_distribution(hist) -> Distribution:
     """For auxiliary figures (lag, per-token times): every percentile that exists."""
     s = hist.summary_ms(PERCENTILES)
     return Distribution(
@@ -89,6 +94,10 @@ def build(
         by_class=dict(rec.errors),
     )
     achieved = rec.achieved_rate() if cfg.rate else ok_rate
+    auto = cfg.duration_s == "auto"
+    # whole seconds only: a count-bounded phase's last second is cut short
+    tr = steady.trend(rec.per_second() if rec.window_ns else rec.per_second()[:-1])
+    trend = Trend(**tr) if tr else None
     load = Load(
         mode="open" if cfg.rate else "closed",
         concurrency=cfg.concurrency,
@@ -96,12 +105,18 @@ def build(
         target_rate=cfg.rate,
         achieved_rate=achieved,
         arrival=cfg.arrival if cfg.rate else None,
-        duration_s=None if cfg.requests else cfg.duration_s,
+        duration_s=None if cfg.requests else (rec.window_s() if auto else cfg.duration_s),
         requests=cfg.requests,
         warmup_s=cfg.warmup_s,
         elapsed_s=elapsed,
         completed=completed,
-        dispatch_lag_ms=_lenient(rec.hist["lag"]) if cfg.rate else None,
+        dispatch_lag_ms=lenient_distribution(rec.hist["lag"]) if cfg.rate else None,
+        offered_rate=rec.offered_rate(),
+        completed_rate=rec.completed_rate(),
+        saturated=steady.saturation(rec, bool(cfg.rate), rules),
+        steady=None if trend is None else not steady.trend_problems(trend, rules),
+        trend=trend,
+        precision=_precision(rec, cfg),
     )
     summary = _monitor_summary(samples, window)
     resource = Resource(
@@ -116,7 +131,9 @@ def build(
         detail=summary,
     )
     ttfb = rec.hist["ttfb"]
-    distributions = {k[2:]: _lenient(h) for k, h in rec.hist.items() if k.startswith("x.")}
+    distributions = {
+        k[2:]: lenient_distribution(h) for k, h in rec.hist.items() if k.startswith("x.")
+    }
     result = TrialResult(
         trial_id=trial_id,
         timestamp=timestamp,
@@ -160,6 +177,56 @@ def build(
             ]
         )
     return result
+
+
+def _precision(rec: Recording, cfg) -> Precision:
+    """The latency percentiles' confidence intervals (every trial), and with
+    duration_s=auto, the goal, what ended the phase and whether the goal was reached."""
+    goal = cfg.precision.goal()
+    hist = rec.hist["latency"]
+    out = {}
+    for name, q in PERCENTILES.items():
+        iv = precision.interval(hist, q, goal.confidence)
+        ms = [None if v is None else v / 1e6 for v in (iv.estimate, iv.low, iv.high)]
+        if hist.count < MIN_SAMPLES[name]:
+            ms[0] = None  # as the reported percentile: too few samples to exist
+        out[name] = PercentileInterval(
+            estimate_ms=ms[0], ci_low_ms=ms[1], ci_high_ms=ms[2], rel_half_width=iv.rel_half_width
+        )
+    p = Precision(
+        auto=cfg.duration_s == "auto",
+        confidence=goal.confidence,
+        measured_s=rec.window_s(),
+        samples=hist.count,
+        percentiles=out,
+    )
+    if p.auto and rec.stop_by is not None:
+        p.rel, p.judged = goal.rel, [name for name, _ in goal.percentiles]
+        for name in p.judged:
+            out[name].rel_half_width_at_stop = rec.stop_widths.get(name)
+        p.reached = all(
+            (w := rec.stop_widths.get(name)) is not None and w <= goal.rel for name in p.judged
+        )
+        p.stopped_by, p.samples_at_stop = rec.stop_by, rec.stop_samples
+    return p
+
+
+def precision_problem(p) -> str | None:
+    """The validity reason of a duration_s=auto trial that did not reach its precision."""
+    if p is None or not p.auto or p.reached is not False:
+        return None
+    short = []
+    for name in p.judged:
+        w = p.percentiles[name].rel_half_width_at_stop
+        if w is None:
+            short.append(f"{name} has no finite interval yet")
+        elif w > p.rel:
+            short.append(f"{name} ±{w:.1%}")
+    return (
+        f"precision not reached by max_s ({p.measured_s:.0f} s, "
+        f"{p.samples_at_stop} samples): "
+        f"{', '.join(short)}; goal ±{p.rel:.1%} at {p.confidence:.0%} confidence"
+    )
 
 
 def _monitor_summary(samples, window) -> dict[str, dict[str, float]]:
@@ -208,4 +275,10 @@ def judge(
         reasons.append(
             f"{len(rec.failed_clients)} client shard(s) failed: " + "; ".join(rec.failed_clients)
         )
+    if why := steady.saturation_reason(load):
+        reasons.append(why)
+    if getattr(load, "trend", None) is not None:
+        reasons += steady.trend_problems(load.trend, rules)
+    if why := precision_problem(getattr(load, "precision", None)):
+        reasons.append(why)
     return Validity(valid=not reasons, reasons=reasons)

@@ -57,7 +57,7 @@ def write_result_files(
         "scenario": result.scenario,
         **metrics_flat(result),
     }
-    _write_csv(trial_dir / "metrics.csv", [flat])
+    write_csv(trial_dir / "metrics.csv", [flat])
     by_size = result.throughput.unit != "requests_per_s"
     rows = []
     for r in rec.per_second():
@@ -71,12 +71,12 @@ def write_result_files(
                 "latency_ms.p99": r["p99_ms"],
             }
         )
-    _write_csv(
+    write_csv(
         trial_dir / "timeseries.csv",
         rows,
         ["second", "throughput", "requests", "errors", "latency_ms.p50", "latency_ms.p99"],
     )
-    _write_csv(
+    write_csv(
         trial_dir / "system.csv",
         [{"t": s.t, "second": s.t - window_start, **s.values} for s in samples],
         ["t", "second", *FIELDS],
@@ -84,7 +84,7 @@ def write_result_files(
     write_json(trial_dir / "histograms.json", {k: h.to_dict() for k, h in rec.hist.items()})
 
 
-def _write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
+def write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
     fields = fields or (list(rows[0]) if rows else [])
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as f:

@@ -146,13 +146,16 @@ def verbose_loggers(verbose: object) -> set[str] | None:
 
 def quiet_third_party(verbose: object = None) -> None:
     """Set :data:`NOISY_LOGGERS` to WARNING unless ``verbose`` names them (see
-    :func:`verbose_loggers`; None: what this process's parent was asked, from
-    ``BENCHFLOW_VERBOSE``). Idempotent; a later verbose call restores their levels.
-    Records the choice in ``BENCHFLOW_VERBOSE`` for the processes a trial starts."""
-    if verbose is None:
-        verbose = os.environ.get(VERBOSE_ENV, "")
-    loud = verbose_loggers(verbose)
-    os.environ[VERBOSE_ENV] = "all" if loud is None else ",".join(sorted(loud))
+    :func:`verbose_loggers`); a later verbose call restores their levels.
+
+    ``verbose`` given (``python -m benchflow``): also recorded in the environment,
+    for the processes a trial starts (``BENCHFLOW_VERBOSE``) and for MLflow, which
+    sets its logger's level when first imported (``MLFLOW_LOGGING_LEVEL``, unless
+    the user set it). None (a trial's logging, in a worker too): as
+    ``BENCHFLOW_VERBOSE`` says, the environment left as it is.
+    """
+    export = verbose is not None
+    loud = verbose_loggers(verbose if export else os.environ.get(VERBOSE_ENV, ""))
     for name in NOISY_LOGGERS:
         lg = logging.getLogger(name)
         if loud is None or any(name == n or name.startswith(n + ".") for n in loud):
@@ -164,12 +167,13 @@ def quiet_third_party(verbose: object = None) -> None:
         _quieted.setdefault(name, lg.level)
         if lg.level < logging.WARNING:
             lg.setLevel(logging.WARNING)
-    # MLflow sets its logger's level when first imported (from MLFLOW_LOGGING_LEVEL).
-    mlflow_loud = "mlflow" not in _quieted
-    if not mlflow_loud and _MLFLOW_LEVEL_ENV not in os.environ:
+    if not export:
+        return
+    os.environ[VERBOSE_ENV] = "all" if loud is None else ",".join(sorted(loud))
+    if "mlflow" in _quieted and _MLFLOW_LEVEL_ENV not in os.environ:
         os.environ[_MLFLOW_LEVEL_ENV] = "WARNING"
         _env_set.append(_MLFLOW_LEVEL_ENV)
-    elif mlflow_loud and _env_set:
+    elif "mlflow" not in _quieted and _env_set:
         os.environ.pop(_MLFLOW_LEVEL_ENV, None)
         _env_set.clear()
 

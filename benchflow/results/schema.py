@@ -78,6 +78,45 @@ class Errors(_Block):
     by_class: dict[str, int] = Field(default_factory=dict)
 
 
+class PercentileInterval(_Block):
+    """A latency percentile and its confidence interval (ms; docs/metrics.md#precision)."""
+
+    estimate_ms: float | None = None
+    ci_low_ms: float | None = None  # null: too few samples for a finite interval
+    ci_high_ms: float | None = None
+    rel_half_width: float | None = None  # max(estimate − low, high − estimate) / estimate
+    # duration_s=auto, judged percentiles: the half-width the stop rule saw when the
+    # phase ended (the one above also counts the requests that completed after)
+    rel_half_width_at_stop: float | None = None
+
+
+class Precision(_Block):
+    """How well the latency percentiles are known; with ``duration_s=auto`` also why the
+    measured phase ended (docs/metrics.md#precision)."""
+
+    auto: bool  # duration_s=auto
+    confidence: float
+    rel: float | None = None  # auto: the goal (relative half-width)
+    judged: list[str] = Field(default_factory=list)  # auto: the percentiles the goal covers
+    reached: bool | None = None  # auto: every judged percentile within ±rel when it ended
+    stopped_by: Literal["precision", "max_s"] | None = None  # auto: what ended the phase
+    measured_s: float = 0.0  # the measured window's length
+    samples: int = 0  # successful requests in the latency histogram (what was judged)
+    samples_at_stop: int | None = None  # auto: those the stop rule saw when it ended the phase
+    percentiles: dict[str, PercentileInterval] = Field(default_factory=dict)
+
+
+class Trend(_Block):
+    """Fitted change over the window of per-second figures, relative to their mean
+    (docs/metrics.md#steady-state-and-saturation)."""
+
+    seconds: int
+    throughput: float | None = None  # completed requests per second
+    throughput_ci: float | None = None  # 95 % half-width of that change
+    latency_p50: float | None = None
+    latency_p50_ci: float | None = None
+
+
 class Load(_Block):
     mode: Literal["closed", "open"]
     concurrency: int
@@ -91,6 +130,14 @@ class Load(_Block):
     elapsed_s: float
     completed: int
     dispatch_lag_ms: Distribution | None  # open loop only: start - intended
+    # offered vs served (docs/metrics.md#offered-and-completed-load); null in results
+    # written before these existed
+    offered_rate: float | None = None  # requests started within the window / window
+    completed_rate: float | None = None  # requests completed within the window / window
+    saturated: bool | None = None  # open loop: the SUT did not keep up (null: not judged)
+    steady: bool | None = None  # no trend beyond validity.max_*_trend (null: too short)
+    trend: Trend | None = None
+    precision: Precision | None = None
 
 
 class Validity(_Block):

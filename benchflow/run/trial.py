@@ -32,6 +32,7 @@ import psutil
 
 from benchflow import results, tracking
 from benchflow.config import TrialSpec, needs_declared
+from benchflow.config.compose import REPETITION_KEY
 from benchflow.config.limits import LimitExceeded, enforced, host_shortfalls
 from benchflow.load.engine import Engine, Phase
 from benchflow.results import lineage
@@ -55,6 +56,7 @@ class SweepInfo:
     tracking_uri: str | None
     job_num: int
     started_at: float | None = None  # epoch seconds: the sweep's time budget counts from it
+    position: int | None = None  # the trial's place in the sweep's planned order (0-based)
 
 
 @dataclass
@@ -75,6 +77,11 @@ class TrialOutcome:
 
 def _now_iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat()
+
+
+# meta.json's "identity" (tag benchflow.identity): its config_hash and params come from
+# the validated config in canonical form; absent (older trials): from the config's text
+IDENTITY = "value"
 
 
 def trial_config_hash(spec: TrialSpec) -> str:
@@ -116,11 +123,19 @@ def _new_trial(
         "repetition": repetition,
         "repetitions": cfg.repetitions,
         "attempt": attempt,
-        "seed": cfg.seed,
+        "seed": cfg.seed,  # the config's (part of its hash)
+        # what this repetition runs with: the schedule and the driver's random draws
+        "seed_effective": spec.seed_for(repetition),
+        # where it stands in the sweep's order (docs/configuration.md#order-of-execution-and-seeds)
+        "order": {
+            "mode": cfg.order,
+            "position": repetition if sweep is None else sweep.position,
+        },
+        "identity": IDENTITY,
         "target": cfg.target,  # NAME/VERSION once resolved
         "target_ref": spec.target.ref if spec.target else None,  # as asked: NAME@ALIAS
         "target_keys": spec.target.spec.keys() if spec.target else [],
-        "overrides": [mask_override(o) for o in spec.overrides],
+        "overrides": [mask_override(o) for o in _user_overrides(spec)],
         "run_name": _run_name(spec, repetition),
         "sweep": None if sweep is None else sweep.__dict__,
         "started_at": _now_iso(started),
@@ -277,8 +292,15 @@ def _upload(trial_dir: Path, cfg) -> str | None:
     return run_id
 
 
+def _user_overrides(spec: TrialSpec) -> list[str]:
+    """The overrides as given (without the ``repetition_index`` a sweep's order adds)."""
+    return [o for o in spec.overrides if not o.startswith(f"{REPETITION_KEY}=")]
+
+
 def _run_name(spec: TrialSpec, repetition: int) -> str:
-    parts = [mask_override(o) for o in spec.overrides if not o.startswith(("hydra", "scenario="))]
+    parts = [
+        mask_override(o) for o in _user_overrides(spec) if not o.startswith(("hydra", "scenario="))
+    ]
     name = " ".join([spec.service.name, *[p for p in parts if not p.startswith("service=")]])
     if spec.cfg.repetitions > 1:
         name += f" #{repetition}"
@@ -295,7 +317,7 @@ def _measure(spec: TrialSpec, trial_id: str, trial_dir: Path, meta: dict):
     timings = meta["timings_s"]
     ctx = TrialContext(
         trial_id,
-        spec.run_settings,
+        spec.run_settings_for(meta["repetition"]),
         trial_dir,
         Path(cfg.data_dir).expanduser(),
         config_hash=meta["config_hash"],
@@ -321,7 +343,7 @@ def _measure(spec: TrialSpec, trial_id: str, trial_dir: Path, meta: dict):
             harness_pids=lambda: [os.getpid()],
             gpu=cfg.monitor.gpu,
         ).start()
-        phases = _phases(cfg, driver.planned_requests())
+        phases = _phases(cfg, driver.planned_requests(), spec.seed_for(meta["repetition"]))
         measure_idx = len(phases) - 1
 
         def before(i: int) -> None:
@@ -389,16 +411,22 @@ def _measure(spec: TrialSpec, trial_id: str, trial_dir: Path, meta: dict):
     return res
 
 
-def _phases(cfg, planned: int | None = None) -> list[Phase]:
-    common = dict(concurrency=cfg.concurrency, rate=cfg.rate, arrival=cfg.arrival, seed=cfg.seed)
+def _phases(cfg, planned: int | None = None, seed: int | None = None) -> list[Phase]:
+    """The warm-up and measured phases; ``seed``: the repetition's (default: the config's)."""
+    seed = cfg.seed if seed is None else seed
+    common = dict(concurrency=cfg.concurrency, rate=cfg.rate, arrival=cfg.arrival, seed=seed)
     phases = []
     if cfg.warmup_s > 0:
         phases.append(Phase("warmup", duration_s=cfg.warmup_s, stream=1, **common))
     requests = cfg.requests
     if planned is not None:  # the driver's own item count (one pass over its set)
         requests = planned if requests is None else min(requests, planned)
+    duration, goal = cfg.duration_s, None
+    if duration == "auto":  # scheduled for max_s, ended by the engine once precise enough
+        duration = cfg.precision.max_s
+        goal = cfg.precision.goal() if requests is None else None  # a count still wins
     phases.append(
-        Phase("measure", duration_s=cfg.duration_s, requests=requests, stream=2, **common)
+        Phase("measure", duration_s=duration, requests=requests, stream=2, precision=goal, **common)
     )
     return phases
 

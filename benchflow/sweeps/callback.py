@@ -80,10 +80,12 @@ class SweepCallback(Callback):
         if manifest.get("parent_run_id"):
             try:
                 c = tracking.client(tr.uri, tr.http_timeout_s, tr.http_retries)
-                tracking.finish_sweep(c, manifest["parent_run_id"], files, counts)
+                # the summary table becomes the parent run's description (rows: masked
+                # overrides, figures); the hint links to the experiment's runs table
+                exp_id = tracking.finish_sweep(c, manifest["parent_run_id"], files, counts, rows)
                 from benchflow.tracking.client import ui_hint
 
-                print(ui_hint(tr.uri))
+                print(ui_hint(tr.uri, exp_id))
             except Exception as exc:
                 log.warning("could not finish the sweep's parent run: %s", exc)
         elif tr.upload:

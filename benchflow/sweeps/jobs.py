@@ -1,12 +1,17 @@
 """One Hydra job: validate its config, run its repetitions as trials, report.
 
 In a multirun each job is one configuration of the sweep (run by the basic
-launcher in this process, or by submitit on a Slurm node); its repetitions are
-separate trials sharing one config hash.
+launcher in this process, or by submitit on a Slurm node), or — when the sweep
+interleaves or shuffles its trials (``order``) — one repetition of one
+configuration (``repetition_index``); the repetitions of a configuration are
+separate trials sharing one config hash. The sweeper writes the sweep's planned
+order (``order.json``, :func:`write_order`); each trial records its position in
+it (:func:`position_of`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -19,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from benchflow.config import EXIT_CONFIG, ConfigError, validate
-from benchflow.run.trial import SweepInfo, TrialOutcome, run_trial, trial_config_hash
+from benchflow.run.trial import SweepInfo, TrialOutcome, run_trial
 from benchflow.sweeps import callback as sweeps
 from benchflow.sweeps.manifest import RETRIED_FILE, TRIALS_FILE, read_manifest, sweep_id_of
 from benchflow.tracking.client import ui_hint
@@ -61,10 +66,13 @@ def run_job(cfg: DictConfig) -> list[TrialOutcome]:
     job_dir = Path(hc.runtime.output_dir)
     listing = job_dir / TRIALS_FILE
     outcomes = []
-    for rep in range(spec.cfg.repetitions):
+    planned = read_order(Path(hc.sweep.dir)) if multirun else None
+    for rep in spec.repetitions_run:
         # Checked before each repetition: a requeued job finds what it already did.
         if multirun and spec.cfg.resume and _resumed(spec, rep, job_dir):
             continue
+        if sweep is not None:
+            sweep = dataclasses.replace(sweep, position=position_of(planned, sweep.job_num, rep))
         outcome = run_with_retries(spec, rep, sweep, job_dir)
         outcomes.append(outcome)
         with open(listing, "a") as f:
@@ -74,6 +82,42 @@ def run_job(cfg: DictConfig) -> list[TrialOutcome]:
         if any(o.status != "finished" for o in outcomes):
             raise SystemExit(1)
     return outcomes
+
+
+# -- the planned order of a sweep's trials ----------------------------------------
+ORDER_FILE = "order.json"
+
+
+def write_order(sweep_dir: Path, ordered: list[tuple[list[str], object]]) -> Path:
+    """Write the sweep's planned order: one entry per trial, in launch order, with
+    the job that runs it and its repetition (the job numbers Hydra gives them)."""
+    from benchflow.results import write_json
+
+    trials = []
+    for num, (_, spec) in enumerate(ordered):
+        trials += [{"job": num, "repetition": k} for k in spec.repetitions_run]
+    first = ordered[0][1].cfg if ordered else None
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    path = Path(sweep_dir) / ORDER_FILE
+    write_json(path, {"order": first.order if first else None, "trials": trials})
+    return path
+
+
+def read_order(sweep_dir: Path) -> dict | None:
+    from benchflow.results import read_json
+
+    try:
+        return read_json(Path(sweep_dir) / ORDER_FILE)
+    except (OSError, ValueError):
+        return None  # a sweep not planned by benchflow's sweeper
+
+
+def position_of(planned: dict | None, job_num: int, repetition: int) -> int | None:
+    """The 0-based position of a job's repetition in the sweep's planned order."""
+    for i, t in enumerate((planned or {}).get("trials", [])):
+        if t.get("job") == job_num and t.get("repetition") == repetition:
+            return i
+    return None
 
 
 def _resumed(spec, rep: int, job_dir: Path) -> bool:
@@ -86,7 +130,7 @@ def _resumed(spec, rep: int, job_dir: Path) -> bool:
         return False
     try:
         client = tracking.client(c.tracking.uri, c.tracking.http_timeout_s, c.tracking.http_retries)
-        done = resume.finished(client, c.tracking.experiment, trial_config_hash(spec)).get(rep)
+        done = resume.finished_for(client, spec).get(rep)
     except Exception as exc:  # MLflow unreachable: run it rather than guess
         log.warning("resume check failed (%s); running repetition %d", exc, rep)
         return False

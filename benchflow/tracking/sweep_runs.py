@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from benchflow.results import lineage
+from benchflow.secrets import mask, mask_override
 from benchflow.tracking.client import ensure_experiment, find_run
 
 log = logging.getLogger("benchflow.tracking")
@@ -22,6 +23,9 @@ SWEEP_LOCK = ".tracking.lock"
 
 
 SWEEP_PARENT = "parent_run.json"  # a parent run created after the sweep started
+
+NOTE_TAG = "mlflow.note.content"  # a run's "Description" in the MLflow UI (Markdown)
+NOTE_MAX = 8000  # MLflow's limit on a tag's value (longer ones are cut or refused)
 
 
 # -- sweeps ------------------------------------------------------------------------
@@ -42,8 +46,18 @@ def start_sweep(c, experiment: str, sweep_id: str, scenario: str, overrides: lis
     return run.info.run_id
 
 
-def finish_sweep(c, run_id: str, summary_files: list[Path], counts: dict[str, int]) -> None:
+def finish_sweep(
+    c,
+    run_id: str,
+    summary_files: list[Path],
+    counts: dict[str, int],
+    rows: list[dict] | None = None,
+) -> str:
+    """Log the sweep's counts and summary files to its parent run, with the summary table
+    (``rows``, as the sweep callback collects them) as the run's description; end the run.
+    Returns the experiment id."""
     from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
 
     now = int(time.time() * 1000)
     c.log_batch(
@@ -51,7 +65,83 @@ def finish_sweep(c, run_id: str, summary_files: list[Path], counts: dict[str, in
     )
     for f in summary_files:
         c.log_artifact(run_id, str(f))
+    if rows is not None:
+        try:
+            c.set_tag(run_id, NOTE_TAG, sweep_description(rows, counts))
+        except MlflowException as exc:  # a description is a convenience; the files are there
+            log.warning("could not set the sweep run's description: %s", exc)
     c.set_terminated(run_id, "FAILED" if counts.get("failed") else "FINISHED")
+    return c.get_run(run_id).info.experiment_id
+
+
+# -- the sweep's description: its summary table in the MLflow UI --------------------
+def sweep_description(rows: list[dict], counts: dict[str, int]) -> str:
+    """The sweep's summary as Markdown: one line of counts, one table row per trial with
+    its headline figures (named as the trials' metrics are, to find them as columns) and
+    the overrides that vary between trials. Rows that do not fit MLflow's limit are
+    counted, not cut in half (summary.md has them all). Overrides are masked."""
+    split = [[mask_override(o) for o in (r.get("overrides") or "").split()] for r in rows]
+    known = [set(s) for s in split if s]  # an unreadable trial's overrides are unknown
+    common = set.intersection(*known) if known else set()
+    units = {r.get("unit") for r in rows if r.get("unit")}
+    unit = units.pop() if len(units) == 1 else None
+    head = (
+        f"**{counts.get('finished', 0)} finished, {counts.get('failed', 0)} failed, "
+        f"{counts.get('invalid', 0)} invalid** of {counts.get('total', len(rows))} trials"
+        + (f", {counts['retried']} attempt(s) retried" if counts.get("retried") else "")
+    )
+    lines = [head, ""]
+    if common:
+        shared = [o for o in next(s for s in split if s) if o in common]  # as given
+        lines += [mask("All trials: " + " ".join(f"`{o}`" for o in shared), set()), ""]
+    cols = ["job", "trial", "varies", "status", "valid", "throughput", "p50 ms", "p99 ms"]
+    cols += ["errors"]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    tail = [
+        "",
+        (f"throughput in {unit}; " if unit else "")
+        + "the trials' metrics `throughput`, `latency_ms.p50`, `latency_ms.p99`, "
+        "`errors.rate`. The trials are this run's children: expand it in the "
+        "experiment's runs table. All figures: `summary.csv`, `summary.md` (artifacts).",
+    ]
+    budget = NOTE_MAX - len("\n".join(lines + tail)) - 100
+    shown = 0
+    for r, over in zip(rows, split, strict=True):
+        line = mask(_row(r, " ".join(o for o in over if o not in common), unit), set())
+        if len(line) + 1 > budget:
+            break
+        lines.append(line)
+        budget -= len(line) + 1
+        shown += 1
+    if shown < len(rows):
+        lines += ["", f"... and {len(rows) - shown} more trials: see `summary.md`."]
+    return "\n".join(lines + tail)
+
+
+def _row(r: dict, varies: str, unit: str | None) -> str:
+    status = r.get("status") or ""
+    if status != "finished":
+        status = f"**{status}**" + (f" ({r['error']})" if r.get("error") else "")
+    valid = {True: "yes", False: "**no**"}.get(r.get("valid"), "")
+    throughput = _num(r.get("throughput"))
+    if throughput and not unit and r.get("unit"):
+        throughput += f" {r['unit']}"
+    cells = [r.get("job"), r.get("trial"), varies, status, valid, throughput]
+    cells += [_num(r.get("p50_ms")), _num(r.get("p99_ms")), _num(r.get("error_rate"))]
+    return "| " + " | ".join(_cell(c) for c in cells) + " |"
+
+
+def _num(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return str(v)
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+
+def _cell(v) -> str:
+    """Text safe in a Markdown table cell."""
+    return "" if v is None else str(v).replace("\n", " ").replace("|", "\\|")
 
 
 class Busy(RuntimeError):

@@ -166,7 +166,7 @@ def _upload_trial(trial_dir: Path, c, uri: str | None) -> str:
 
         flat = metrics_flat(TrialResult.model_validate(result))
         metrics += [Metric(k, v, end_ms, 0) for k, v in flat.items()]
-        metrics += _series(trial_dir, meta)
+        metrics += series_metrics(trial_dir, meta)
     c.log_batch(
         run_id, metrics=metrics, params=params, tags=[RunTag(k, v) for k, v in tags.items()]
     )
@@ -199,6 +199,7 @@ def _trial_tags(meta: dict, result: dict | None, status: str) -> dict[str, str]:
             "benchflow.driver": meta["driver"],
             "benchflow.driver_package": meta.get("driver_package", ""),
             "benchflow.seed": str(meta["seed"]),
+            "benchflow.started_at": str(meta["started_at_epoch"]),
             "benchflow.config_hash": meta["config_hash"],
             "benchflow.repetition": str(meta["repetition"]),
             "benchflow.attempt": str(meta.get("attempt", 0)),
@@ -206,6 +207,16 @@ def _trial_tags(meta: dict, result: dict | None, status: str) -> dict[str, str]:
             "benchflow.overrides": " ".join(meta.get("overrides", []))[:5000],
         }
     )
+    # the seed this repetition ran with, and its place in the sweep's order
+    if meta.get("seed_effective") is not None:
+        tags["benchflow.seed_effective"] = str(meta["seed_effective"])
+    order = meta.get("order") or {}
+    if order.get("mode"):
+        tags["benchflow.order"] = str(order["mode"])
+    if order.get("position") is not None:
+        tags["benchflow.order_position"] = str(order["position"])
+    if meta.get("identity"):
+        tags["benchflow.identity"] = str(meta["identity"])
     if meta.get("target"):
         tags["benchflow.target"] = meta["target"]
         if meta.get("target_ref"):
@@ -251,20 +262,32 @@ _PARAM_KEY = re.compile(r"[^\w\-. /]")
 
 
 def _params(trial_dir: Path, meta: dict) -> dict[str, str]:
-    """The flattened effective config, secret keys removed, secret values masked;
-    plus the driver's custom metadata as ``custom.*``."""
+    """The params of a trial directory: :func:`params_of` its effective config and
+    its custom metadata."""
     import yaml
 
     cfg = yaml.safe_load((trial_dir / "effective_config.yaml").read_text()) or {}
+    custom = trial_dir / CUSTOM_FILE
+    return params_of(cfg, read_json(custom) if custom.exists() else None)
+
+
+def params_of(cfg: dict, custom: dict | None = None) -> dict[str, str]:
+    """The flattened effective config, secret keys removed, secret values masked;
+    plus the driver's custom metadata as ``custom.*``.
+
+    A trial's effective config is by value already (validated, canonical:
+    ``benchflow.config.validate``); an older trial's holds the text of its config
+    and is logged as it is (an interrupted upload is completed with the same
+    params) — ``normalize_params`` reads those by value.
+    """
     known = secret_values(cfg)
     out = {}
     for k, v in flatten(cfg).items():
         if is_secret_key(k):
             continue
         out[k] = mask(str(v), known)[:MAX_PARAM_LEN]
-    custom = trial_dir / CUSTOM_FILE
-    if custom.exists():
-        flat = flatten(read_json(custom), "custom")
+    if custom is not None:
+        flat = flatten(custom, "custom")
         for k, v in list(flat.items())[:MAX_CUSTOM_PARAMS]:
             if is_secret_key(k):
                 continue
@@ -272,7 +295,7 @@ def _params(trial_dir: Path, meta: dict) -> dict[str, str]:
     return out
 
 
-def _series(trial_dir: Path, meta: dict):
+def series_metrics(trial_dir: Path, meta: dict):
     from mlflow.entities import Metric
 
     base_ms = int(meta.get("window_start_epoch", meta["started_at_epoch"]) * 1000)

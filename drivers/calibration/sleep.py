@@ -2,20 +2,27 @@
 
 The harness checks its own accuracy against it: a 5 ms service time can never
 be reported as less than 5 ms, and whatever is reported above is overhead.
+
+Two modes give it known behaviour beyond a fixed delay (both described in
+``drivers/calibration/sleep_server.py``): ``workers=N`` queues requests FIFO
+behind N workers (N=1 under Poisson arrivals: an M/D/1 queue,
+``drivers/calibration/queue_model.py``), and ``drift_pct``/``drift_period_s``
+make the service time follow a sine of the wall clock.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import sys
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from benchflow.sut.servers import ServerProcess, free_port, http_ready
 from drivers.base import ConfigRefused, Driver, DriverError, ServerRecipe, ServiceSettings
-from drivers.calibration.sleep_server import precise_sleep
+from drivers.calibration.sleep_server import ServiceModel
 
 
 class SleepSettings(ServiceSettings):
@@ -24,6 +31,30 @@ class SleepSettings(ServiceSettings):
     endpoint: str | None = None  # mode=server: http://host:port
     ready_timeout_s: float = Field(10, gt=0)
     request_timeout_s: float = Field(30, gt=0)
+    # Queue mode: at most `workers` requests served at a time, the rest wait FIFO
+    # (null: every request served at once).
+    workers: int | None = Field(None, ge=1)
+    # Drift mode: service_ms(t) = service_ms * (1 + drift_pct/100 * sin(2π (t - t0) / period)).
+    drift_pct: float = Field(0.0, ge=0, lt=100)
+    drift_period_s: float | None = Field(None, gt=0, validate_default=True)
+    # t0 as a Unix time (null: the server's start), so successive servers share one phase.
+    drift_origin: float | None = None
+
+    @field_validator("drift_period_s")
+    @classmethod
+    def _period_with_drift(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if v is None and info.data.get("drift_pct", 0) > 0:
+            raise ValueError("drift_pct > 0 needs drift_period_s > 0 (seconds)")
+        return v
+
+    def model_args(self) -> dict:
+        return {
+            "service_ms": self.service_ms,
+            "workers": self.workers,
+            "drift_pct": self.drift_pct,
+            "drift_period_s": self.drift_period_s,
+            "drift_origin": self.drift_origin,
+        }
 
 
 class SleepDriver(Driver):
@@ -57,28 +88,58 @@ class SleepDriver(Driver):
             "--service-ms",
             str(settings.service_ms),
         ]
+        if settings.workers is not None:
+            cmd += ["--workers", str(settings.workers)]
+        if settings.drift_pct > 0:
+            cmd += ["--drift-pct", str(settings.drift_pct)]
+            cmd += ["--drift-period-s", str(settings.drift_period_s)]
+        if settings.drift_origin is not None:
+            cmd += ["--drift-origin", repr(settings.drift_origin)]
         return ServerRecipe(cmd, port)
 
     def __init__(self, settings: SleepSettings, trial) -> None:
         super().__init__(settings, trial)
-        self.service_ns = int(settings.service_ms * 1e6)
+        self.model: ServiceModel | None = None  # transport=inprocess: the queue and drift
         self.server: ServerProcess | None = None
         self.host, self.port = "127.0.0.1", 0
 
     def setup(self) -> None:
         s = self.settings
         if s.transport == "inprocess":
+            self.model = ServiceModel(**s.model_args())
             return
         if s.mode == "server":
             url = urlsplit(s.endpoint)
             self.host, self.port = url.hostname or "127.0.0.1", url.port or 80
             if not http_ready(self.host, self.port):
                 raise DriverError(f"no sleep server answers at {s.endpoint}", "connection_refused")
+            self._check_server_modes()
             return
         self.port = free_port()
         cmd = self.server_recipe(s, self.host, self.port).cmd
         self.server = ServerProcess("sleep_server", cmd, self.trial.logs_dir)
         self.server.wait_ready(lambda: http_ready(self.host, self.port), s.ready_timeout_s)
+
+    def _check_server_modes(self) -> None:
+        """A running server must queue and drift as the trial says (its ``/state``);
+        its service time is its own."""
+        try:
+            state = server_state(self.host, self.port, self.settings.request_timeout_s)
+        except (OSError, http.client.HTTPException, ValueError):
+            return  # a server without /state: nothing to compare
+        s = self.settings
+        want = {"workers": s.workers, "drift_pct": s.drift_pct}
+        if s.drift_pct > 0:
+            want["drift_period_s"] = s.drift_period_s
+        if s.drift_origin is not None:
+            want["drift_origin"] = s.drift_origin
+        differ = [
+            f"{k}={state.get(k)!r} (trial: {v!r})" for k, v in want.items() if state.get(k) != v
+        ]
+        if differ:
+            raise DriverError(
+                f"the sleep server at {s.endpoint} runs with {', '.join(differ)}", "sut_mismatch"
+            )
 
     def open_worker(self, worker: int):
         if self.settings.transport == "inprocess":
@@ -91,7 +152,7 @@ class SleepDriver(Driver):
 
     def operation(self, ctx) -> int:
         if ctx.state is None:
-            precise_sleep(self.service_ns)
+            self.model.serve()
             return 1
         return ctx.state.get(ctx)
 
@@ -113,7 +174,23 @@ class SleepDriver(Driver):
         # Client processes get the endpoint, not the server handle.
         state = dict(self.__dict__)
         state["server"] = None
+        state["model"] = None  # transport=inprocess runs with clients=1: never sent
         return state
+
+
+def server_state(host: str, port: int, timeout_s: float = 5) -> dict:
+    """``GET /state`` of a sleep server: its service time now, queue and drift settings,
+    requests in flight and served (see ``drivers/calibration/sleep_server.py``)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
+    try:
+        conn.request("GET", "/state")
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise ValueError(f"HTTP {resp.status}")
+    return json.loads(body)
 
 
 class _Conn:

@@ -16,14 +16,14 @@ _EXTRA_MODULES = ("submitit", "hydra_plugins.hydra_submitit_launcher")
 #: Why ``hydra/launcher=slurm`` cannot run here (None: it can).
 MISSING_EXTRA: str | None = None
 
-try:
-    from benchflow.sweeps.slurm.launcher import SlurmSweepLauncher
+try:  # the module, not its class: Hydra registers every Launcher class named here
+    from benchflow.sweeps.slurm import launcher as _launcher
 except ImportError as exc:
     if not (exc.name or "").startswith(_EXTRA_MODULES):
         raise
     MISSING_EXTRA = (
-        f"hydra/launcher=slurm needs the slurm extra ({exc.name} is not installed): "
-        "pip install 'benchflow[slurm]'"
+        "hydra/launcher=slurm needs submitit and hydra-submitit-launcher, not installed "
+        "here: pip install 'benchflow[slurm]'"
     )
     from hydra.plugins.launcher import Launcher
 
@@ -41,5 +41,5 @@ except ImportError as exc:
 
 else:
 
-    class BenchflowSlurmLauncher(SlurmSweepLauncher):
+    class BenchflowSlurmLauncher(_launcher.SlurmSweepLauncher):
         """One Slurm job array per distinct resource request; see docs/slurm.md."""

@@ -34,6 +34,13 @@ class RunRecord:
     tags: dict[str, str]
     artifact_uri: str = ""
     _hists: dict[str, LogHistogram] | None = field(default=None, repr=False)
+    started_at: float | None = None  # epoch seconds (tag benchflow.started_at, or the run's)
+    ended_at: float | None = None
+
+    @property
+    def repetition(self) -> int | None:
+        rep = self.tags.get("benchflow.repetition")
+        return int(rep) if rep is not None and rep.isdigit() else None
 
     @property
     def target_keys(self) -> list[str]:
@@ -74,12 +81,20 @@ def _read_histograms(run: RunRecord, results_dir: Path | None) -> dict | None:
 
 
 def _record(r) -> RunRecord:
+    tags = dict(r.data.tags)
+    try:  # the trial's own clock (meta.json), else the run's start
+        started = float(tags["benchflow.started_at"])
+    except (KeyError, ValueError):
+        started = r.info.start_time / 1000 if r.info.start_time else None
+    ended = r.info.end_time / 1000 if r.info.end_time else None
     return RunRecord(
         r.info.run_id,
         dict(r.data.params),
         dict(r.data.metrics),
-        dict(r.data.tags),
+        tags,
         r.info.artifact_uri,
+        started_at=started,
+        ended_at=ended if ended is None or started is None or ended >= started else started,
     )
 
 

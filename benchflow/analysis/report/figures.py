@@ -274,6 +274,19 @@ def recall_qps(ts: TrialSet) -> Figure | None:
     plt, sns = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     sns.scatterplot(data=m, x=col, y="metrics.throughput", hue="curve", s=70, ax=ax)
+    styles = ("-", "--", "-.", ":")
+    for i, (subject, part) in enumerate(m.groupby("subject", sort=True)):
+        front = pareto_front(part[col].to_numpy(), part["metrics.throughput"].to_numpy())
+        if len(front) > 1:
+            fx, fy = zip(*front, strict=True)
+            ax.plot(
+                fx,
+                fy,
+                styles[i % len(styles)],
+                color="0.25",
+                lw=1,
+                label=f"{str(subject)[:30]}: Pareto front",
+            )
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_xlabel(col.removeprefix("metrics.quality."))
     ax.set_ylabel("queries/s")
@@ -282,7 +295,102 @@ def recall_qps(ts: TrialSet) -> Figure | None:
         fig,
         "recall_qps",
         "Recall–QPS",
-        "One point per configuration (median over repetitions); up and right is better.",
+        "One point per configuration (median over repetitions); up and right is better. "
+        "A line joins each subject's Pareto front: the configurations no other of the same "
+        "subject beats on both recall and QPS (ann-benchmarks' view).",
+    )
+
+
+def pareto_front(recall: np.ndarray, qps: np.ndarray) -> list[tuple[float, float]]:
+    """The points no other beats on both recall and QPS, by increasing recall."""
+    pts = sorted(
+        ((float(r), float(q)) for r, q in zip(recall, qps, strict=True) if r == r and q == q),
+        key=lambda p: (-p[0], -p[1]),
+    )
+    front, best = [], -np.inf
+    for r, q in pts:  # from the highest recall down: keep a point only if it is faster
+        if q > best:
+            front.append((r, q))
+            best = q
+    return front[::-1]
+
+
+# -- capacity searches (benchflow.search) ----------------------------------------------
+MAX_SEARCH_PANELS = 6
+
+
+def _search_curves(ts: TrialSet) -> list[dict]:
+    """The curves of the searches whose probes are among these trials: each search's
+    parent run holds its ``search/curve.json``; the latest search per subject, kind
+    and SLOs is kept."""
+    import json
+    import os
+
+    import mlflow
+
+    from benchflow.analysis.report.data import _local_artifacts
+    from benchflow.search.curve import ARTIFACT_DIR, CURVE_JSON
+
+    ids = set()
+    if "tags.mlflow.parentRunId" in ts.runs:
+        ids |= {p for p in ts.runs["tags.mlflow.parentRunId"].dropna().unique() if p}
+    if ts.parent_run_id:
+        ids.add(ts.parent_run_id)
+    client = mlflow.MlflowClient()
+    found = {}
+    for pid in sorted(ids):
+        try:
+            run = client.get_run(pid)
+        except Exception:
+            continue
+        if not run.data.tags.get("benchflow.search"):
+            continue
+        name = f"{ARTIFACT_DIR}/{CURVE_JSON}"
+        try:
+            local = _local_artifacts(run.info.artifact_uri)
+            if local is not None and (local / name).is_file():
+                path = local / name
+            else:
+                os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+                path = mlflow.artifacts.download_artifacts(run_id=pid, artifact_path=name)
+            with open(path) as f:
+                curve = json.load(f)
+        except Exception:
+            continue
+        key = (curve.get("subject"), curve.get("kind"), tuple(curve.get("slo") or ()))
+        if key not in found or run.info.start_time > found[key][0]:
+            found[key] = (run.info.start_time, curve)
+    return [c for _, c in sorted(found.values(), key=lambda t: str(t[1].get("subject")))]
+
+
+def capacity_curves(ts: TrialSet) -> Figure | None:
+    curves = _search_curves(ts)[:MAX_SEARCH_PANELS]
+    if not curves:
+        return None
+    from benchflow.search.curve import plot
+
+    plt, _ = _plt()
+    cols = min(len(curves), 3)
+    rows = -(-len(curves) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.8 * cols, 4.3 * rows), squeeze=False)
+    for ax, curve in zip(axes.flat, curves, strict=False):
+        ans = curve.get("answer") or {}
+        title = f"{curve.get('subject')}: {curve.get('kind')}"
+        if ans.get("value") is not None:
+            unit = "/s" if curve.get("over") == "rate" else " in flight"
+            title += f" {ans['value']:g}{unit}"
+        plot(ax, curve, title)
+    for ax in list(axes.flat)[len(curves) :]:
+        ax.set_visible(False)
+    return _save(
+        fig,
+        "capacity",
+        "Capacity: throughput–latency per service",
+        "Each search's probes (repeats pooled): completed throughput against the binding "
+        "SLO's figure with its confidence interval; green passed, red broke an SLO (or "
+        "was invalid). Dashed: the SLO; dotted: the knee (the search's answer), its "
+        "interval shaded; a saturation sweep marks its maximum throughput. "
+        "docs/capacity.md defines them.",
     )
 
 
@@ -321,6 +429,7 @@ def resources(ts: TrialSet) -> Figure | None:
 
 
 ALL = (
+    capacity_curves,
     latency_throughput,
     scaling,
     latency_cdf,

@@ -101,7 +101,6 @@ def record_unrun(j: SweepJob, state: str, sweep_dir: Path) -> None:
     from benchflow.results import read_json
     from benchflow.run.trial import SweepInfo, record_unrun_trial
 
-    cfg = j.spec.cfg
     job_dir = sweep_dir / str(j.num)
     listed = job_dir / TRIALS_FILE
     seen = set()  # repetitions with a final record (finished, failed, or closed orphan)
@@ -120,7 +119,7 @@ def record_unrun(j: SweepJob, state: str, sweep_dir: Path) -> None:
         job_num=j.num,
     )
     with open(listed, "a") as f:
-        for rep in range(cfg.repetitions):
+        for rep in j.spec.repetitions_run:
             if rep in seen:
                 continue
             o = record_unrun_trial(

@@ -169,7 +169,6 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
     def _skip_finished(self, jobs: list[SweepJob], sweep_dir: Path) -> None:
         """Resume: a job whose repetitions all have a FINISHED run is not submitted."""
         from benchflow import tracking
-        from benchflow.run.trial import trial_config_hash
         from benchflow.sweeps import resume
 
         todo = [j for j in jobs if j.spec.cfg.resume and j.spec.cfg.tracking.upload]
@@ -182,12 +181,13 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
                 return
             for j in todo:
                 cfg = j.spec.cfg
-                done = resume.finished(c, cfg.tracking.experiment, trial_config_hash(j.spec))
-                if len(done) >= cfg.repetitions and all(r in done for r in range(cfg.repetitions)):
+                done = resume.finished_for(c, j.spec)
+                if all(r in done for r in j.spec.repetitions_run):
                     j.record.status = "skipped"
                     j.record.note = "all repetitions FINISHED already (resume)"
                     job_dir = sweep_dir / str(j.num)
-                    resume.list_resumed(job_dir, list(done.values()), cfg.results_dir, cfg.scenario)
+                    mine = [done[r] for r in j.spec.repetitions_run]
+                    resume.list_resumed(job_dir, mine, cfg.results_dir, cfg.scenario)
         except Exception as exc:  # MLflow unreachable: submit everything
             log.warning("resume check failed (%s); submitting every job", exc)
             return

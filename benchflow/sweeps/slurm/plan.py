@@ -1,8 +1,10 @@
 """Plan and budget: what a sweep would request from Slurm, and whether it may.
 
-``benchflow plan OVERRIDES…`` expands a sweep into its jobs and prints each
-one's request and the totals in GPU-hours and CPU-hours (requested time limits,
-an upper bound of what the sweep can burn). At submission, a Slurm sweep over
+``benchflow plan OVERRIDES…`` expands a sweep into its jobs — in the order the
+sweep runs them (``order``: with ``interleaved`` or ``random`` a configuration's
+repetitions are separate jobs, :func:`benchflow.config.compose.order_jobs`) — and
+prints each one's request and the totals in GPU-hours and CPU-hours (requested
+time limits, an upper bound of what the sweep can burn). At submission, a Slurm sweep over
 ``budget.gpu_hours`` or ``budget.cpu_hours`` is refused (exit 2) unless
 ``approve=true`` or an administrator recorded an approval for this exact sweep
 (``benchflow plan --approve-as NAME OVERRIDES…`` writes it into
@@ -22,6 +24,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from benchflow.config import PREVALIDATED, ConfigError, TrialSpec, composing, sweep_jobs, validate
+from benchflow.config.compose import order_jobs, sweep_order
 from benchflow.sweeps.slurm.request import SlurmRequest, request_for
 
 SLURM_LAUNCHER = "hydra_plugins.benchflow_plugins.slurm_launcher.BenchflowSlurmLauncher"
@@ -35,12 +38,19 @@ class PlannedJob:
     spec: TrialSpec
     request: SlurmRequest
 
+    @property
+    def repetitions(self) -> list[int]:
+        """The repetitions this job runs (one, in an interleaved or random sweep)."""
+        return self.spec.repetitions_run
+
 
 @dataclass(frozen=True)
 class Plan:
-    jobs: list[PlannedJob]
+    jobs: list[PlannedJob]  # in launch order
     launcher: str
     site: dict[str, Any]
+    order: str = "blocked"
+    configs: list[PlannedJob] | None = None  # one per configuration (Hydra's expansion)
 
     @property
     def on_slurm(self) -> bool:
@@ -56,7 +66,12 @@ class Plan:
 
     @property
     def trials(self) -> int:
-        return sum(j.spec.cfg.repetitions for j in self.jobs)
+        return sum(len(j.repetitions) for j in self.jobs)
+
+    @property
+    def trial_order(self) -> list[tuple[int, int]]:
+        """(job, repetition) of every trial, in the order the sweep starts them."""
+        return [(j.num, k) for j in self.jobs for k in j.repetitions]
 
     @property
     def budget(self):
@@ -67,8 +82,10 @@ class Plan:
         """Identity of what the sweep requests: the same sweep, in any order, any day."""
         from benchflow.run.trial import trial_config_hash
 
+        # per configuration, whatever the order (an approval holds for any order)
         items = sorted(
-            f"{trial_config_hash(j.spec)}x{j.spec.cfg.repetitions}:{j.request}" for j in self.jobs
+            f"{trial_config_hash(j.spec)}x{j.spec.cfg.repetitions}:{j.request}"
+            for j in self.configs or self.jobs
         )
         return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
 
@@ -88,11 +105,33 @@ def make_plan(overrides: list[str], multirun: bool = True, config_dir: str | Non
         hydra = composer.compose(jobs[0], with_hydra=True).hydra
         launcher = str(OmegaConf.select(hydra, "launcher._target_") or "")
         site = {k: OmegaConf.select(hydra, f"launcher.{k}") for k in _SITE_KEYS}
-        planned = []
-        for i, job in enumerate(jobs):
-            spec = PREVALIDATED.get(tuple(job)) or validate(composer.compose(job), tuple(job))
-            planned.append(PlannedJob(i, tuple(job), spec, request_for(spec, site)))
-    return Plan(planned, launcher, site)
+        specs = [
+            PREVALIDATED.get(tuple(job)) or validate(composer.compose(job), tuple(job))
+            for job in jobs
+        ]
+    configs = [
+        PlannedJob(i, tuple(job), spec, request_for(spec, site))
+        for i, (job, spec) in enumerate(zip(jobs, specs, strict=True))
+    ]
+    ordered = order_jobs(jobs, specs) if multirun else list(zip(jobs, specs, strict=True))
+    planned = [
+        PlannedJob(i, tuple(job), spec, job_request(spec, site))
+        for i, (job, spec) in enumerate(ordered)
+    ]
+    return Plan(planned, launcher, site, sweep_order(specs), configs)
+
+
+def job_request(spec: TrialSpec, site: dict[str, Any]) -> SlurmRequest:
+    """The request of a job running ``spec.repetitions_run`` (its time limit counts the
+    trials it runs: one, for a job of an interleaved sweep)."""
+    return request_for(spec, site)
+
+
+ORDER_TEXT = {
+    "interleaved": "interleaved: repetition 0 of every configuration, then repetition 1, ...",
+    "random": "random: a permutation of all trials drawn from the sweep's seed",
+    "blocked": "blocked: each configuration's repetitions one after the other",
+}
 
 
 # -- approvals ---------------------------------------------------------------------

@@ -78,7 +78,8 @@ def request_for(spec: TrialSpec, site: dict[str, Any] | None = None) -> SlurmReq
         cpus_per_task=site.get("cpus_per_task") or r.cpus,
         mem_gb=site.get("mem_gb") or r.mem_gb,
         gpus_per_node=r.gpus if site.get("gpus_per_node") is None else site["gpus_per_node"],
-        time_min=site.get("timeout_min") or r.time_min * spec.cfg.repetitions,
+        # a job runs spec.repetitions_run: all repetitions, or one in an interleaved sweep
+        time_min=site.get("timeout_min") or r.time_min * len(spec.repetitions_run),
     )
 
 
