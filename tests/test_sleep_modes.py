@@ -323,6 +323,10 @@ BAD = [
     (["service.workers=0"], ["service.workers", "0", "greater than or equal to 1"]),
     (["service.workers=two"], ["service.workers", "'two'", "integer"]),
     (["service.drift_pct=100", "service.drift_period_s=5"], ["service.drift_pct", "less than 100"]),
+    (
+        ["service.service_dist=normal"],
+        ["service.service_dist", "'normal'", "allowed: constant, uniform, exponential"],
+    ),
     (["service.drift_pct=-1"], ["service.drift_pct", "greater than or equal to 0"]),
     (["service.drift_pct=10"], ["service.drift_period_s", "drift_pct > 0 needs drift_period_s"]),
     (
@@ -353,4 +357,49 @@ def test_server_recipe_passes_the_modes():
     assert "--workers 2" in joined and "--drift-pct 10.0" in joined
     assert "--drift-period-s 60.0" in joined and "--drift-origin 1.5" in joined
     plain = SleepDriver.server_recipe(SleepSettings(name="sleep", driver="sleep"), "h", 1).cmd
-    assert not any(a.startswith(("--workers", "--drift")) for a in plain)
+    assert not any(a.startswith(("--workers", "--drift", "--service-dist")) for a in plain)
+    spread = SleepSettings(name="sleep", driver="sleep", service_dist="uniform", service_seed=7)
+    assert "--service-dist uniform --seed 7" in " ".join(
+        SleepDriver.server_recipe(spread, "h", 1).cmd
+    )
+
+
+@pytest.mark.parametrize(
+    ("dist", "lo", "hi", "mean", "cv"),
+    [
+        ("constant", 1, 1, 1, 0),
+        ("uniform", 0.5, 1.5, 1, 1 / 12**0.5),
+        ("exponential", 0, None, 1, 1),
+    ],
+)
+def test_service_dist_draws_follow_their_law(dist, lo, hi, mean, cv):
+    """The server's draws (in units of service_ms): bounds, mean and coefficient of
+    variation of 20 000 draws within 3 standard errors; one seed, one sequence."""
+    from drivers.calibration.sleep_server import ServiceModel
+
+    def draws(seed: int) -> np.ndarray:
+        m = ServiceModel(10.0, service_dist=dist, seed=seed)
+        return np.array([m._draw_ns(0) for _ in range(20_000)]) / 10e6
+
+    x = draws(3)
+    assert x.min() >= lo and (hi is None or x.max() <= hi)
+    se = max(cv, 1e-9) / len(x) ** 0.5
+    assert x.mean() == pytest.approx(mean, abs=3 * se + 1e-9)
+    assert x.std() == pytest.approx(cv, abs=0.03 + 1e-9)
+    assert np.array_equal(x, draws(3))
+    if dist != "constant":
+        assert not np.array_equal(x, draws(4))
+
+
+def test_uniform_server_latencies_spread_over_their_range():
+    """A real server in uniform mode, one request at a time: each latency lies in
+    [0.5, 1.5] x service_ms (plus loopback and scheduling), and they cover that range."""
+    with sleep_server("--service-ms", "20", "--service-dist", "uniform", "--seed", "1") as port:
+        state = server_state("127.0.0.1", port)
+        lat = []
+        for _ in range(60):
+            t0, t1 = _get(port)
+            lat.append((t1 - t0) * 1000)
+    assert state["service_dist"] == "uniform" and state["seed"] == 1
+    assert min(lat) >= 10 and max(lat) <= 30 + 15
+    assert min(lat) < 13 and max(lat) > 27  # 60 draws reach both ends of [10, 30]

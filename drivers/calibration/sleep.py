@@ -7,7 +7,10 @@ Two modes give it known behaviour beyond a fixed delay (both described in
 ``drivers/calibration/sleep_server.py``): ``workers=N`` queues requests FIFO
 behind N workers (N=1 under Poisson arrivals: an M/D/1 queue,
 ``drivers/calibration/queue_model.py``), and ``drift_pct``/``drift_period_s``
-make the service time follow a sine of the wall clock.
+make the service time follow a sine of the wall clock. ``service_dist`` gives
+each request a service time of its own (uniform in [0.5, 1.5] × service_ms, or
+exponential with mean service_ms) drawn from a generator seeded by
+``service_seed``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ class SleepSettings(ServiceSettings):
     # Queue mode: at most `workers` requests served at a time, the rest wait FIFO
     # (null: every request served at once).
     workers: int | None = Field(None, ge=1)
+    # constant: exactly service_ms; uniform: [0.5, 1.5] x service_ms; exponential: mean
+    # service_ms. Draws from one generator seeded by service_seed, in admission order.
+    service_dist: Literal["constant", "uniform", "exponential"] = "constant"
+    service_seed: int = 0
     # Drift mode: service_ms(t) = service_ms * (1 + drift_pct/100 * sin(2π (t - t0) / period)).
     drift_pct: float = Field(0.0, ge=0, lt=100)
     drift_period_s: float | None = Field(None, gt=0, validate_default=True)
@@ -51,6 +58,8 @@ class SleepSettings(ServiceSettings):
         return {
             "service_ms": self.service_ms,
             "workers": self.workers,
+            "service_dist": self.service_dist,
+            "seed": self.service_seed,
             "drift_pct": self.drift_pct,
             "drift_period_s": self.drift_period_s,
             "drift_origin": self.drift_origin,
@@ -90,6 +99,8 @@ class SleepDriver(Driver):
         ]
         if settings.workers is not None:
             cmd += ["--workers", str(settings.workers)]
+        if settings.service_dist != "constant":
+            cmd += ["--service-dist", settings.service_dist, "--seed", str(settings.service_seed)]
         if settings.drift_pct > 0:
             cmd += ["--drift-pct", str(settings.drift_pct)]
             cmd += ["--drift-period-s", str(settings.drift_period_s)]
@@ -129,6 +140,8 @@ class SleepDriver(Driver):
             return  # a server without /state: nothing to compare
         s = self.settings
         want = {"workers": s.workers, "drift_pct": s.drift_pct}
+        if "service_dist" in state:  # servers from before service_dist do not say
+            want["service_dist"] = s.service_dist
         if s.drift_pct > 0:
             want["drift_period_s"] = s.drift_period_s
         if s.drift_origin is not None:

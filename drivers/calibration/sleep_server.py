@@ -30,6 +30,16 @@ started one after another share one phase). A request's service time is
 ``service_ms(t)`` at the moment its service starts. Over a whole period the mean
 is ``service_ms``; P is in [0, 100).
 
+**Service-time distribution** (``--service-dist``). ``constant`` (the default):
+every request is served for exactly ``service_ms``, so the latency's spread is
+the machine's and the harness's alone. ``uniform``: drawn evenly from
+[0.5, 1.5] × ``service_ms``; ``exponential``: mean ``service_ms`` (with
+``--workers 1`` under Poisson arrivals, an M/M/1 queue). A spread of its own
+makes the latency distribution the server's rather than the scheduler's: its
+percentiles then move by sampling, as a real server's do, not with the load on
+the machine. Draws come from one generator seeded by ``--seed`` (default 0), in
+admission order; drift scales the drawn time.
+
 ``GET /state`` answers at once with JSON: ``service_ms`` (the base),
 ``service_ms_now``, ``started_at`` and ``drift_origin`` (Unix times),
 ``elapsed_s`` (since t0), ``workers``, ``drift_pct``, ``drift_period_s``,
@@ -44,11 +54,13 @@ import contextlib
 import heapq
 import json
 import math
+import random
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _SPIN_NS = 200_000
+SERVICE_DISTS = ("constant", "uniform", "exponential")
 
 
 def sleep_until(deadline_ns: int) -> None:
@@ -74,17 +86,24 @@ class ServiceModel:
         drift_pct: float = 0.0,
         drift_period_s: float | None = None,
         drift_origin: float | None = None,
+        service_dist: str = "constant",
+        seed: int = 0,
     ) -> None:
         if service_ms < 0:
             raise ValueError("service_ms must be >= 0")
         if workers is not None and workers < 1:
             raise ValueError("workers must be >= 1 (or none: unbounded)")
+        if service_dist not in SERVICE_DISTS:
+            raise ValueError(f"service_dist must be one of {', '.join(SERVICE_DISTS)}")
         if not 0 <= drift_pct < 100:
             raise ValueError("drift_pct must be in [0, 100)")
         if drift_pct > 0 and not (drift_period_s and drift_period_s > 0):
             raise ValueError("drift_pct > 0 needs drift_period_s > 0")
         self.service_ms = service_ms
         self.workers = workers
+        self.service_dist = service_dist
+        self.seed = seed
+        self._rng = random.Random(seed)
         self.drift_pct = drift_pct
         self.drift_period_s = drift_period_s if drift_pct > 0 else None
         # One reading of both clocks: wall time for what is reported, perf_counter for
@@ -102,12 +121,21 @@ class ServiceModel:
         self.served = 0
 
     def service_ns(self, t_ns: int) -> int:
-        """The service time of a request whose service starts at ``t_ns`` (perf_counter)."""
+        """The mean service time of a request whose service starts at ``t_ns`` (perf_counter)."""
         if not self._amp:
             return int(self._base_ns)
         return int(
             self._base_ns * (1 + self._amp * math.sin(self._omega * (t_ns - self._origin_ns)))
         )
+
+    def _draw_ns(self, t_ns: int) -> int:
+        """One request's service time (called under the lock: one draw per admission)."""
+        mean = self.service_ns(t_ns)
+        if self.service_dist == "uniform":
+            return int(mean * self._rng.uniform(0.5, 1.5))
+        if self.service_dist == "exponential":
+            return int(mean * self._rng.expovariate(1.0))
+        return mean
 
     def admit(self) -> int:
         """Admit one request now: its departure time (perf_counter ns)."""
@@ -115,9 +143,9 @@ class ServiceModel:
             now = time.perf_counter_ns()
             self.in_flight += 1
             if self._free_at is None:
-                return now + self.service_ns(now)
+                return now + self._draw_ns(now)
             start = max(now, self._free_at[0])  # the worker that frees first, FIFO
-            end = start + self.service_ns(start)
+            end = start + self._draw_ns(start)
             heapq.heapreplace(self._free_at, end)
             return end
 
@@ -142,6 +170,8 @@ class ServiceModel:
             "drift_origin": self.drift_origin,
             "elapsed_s": (now - self._origin_ns) / 1e9,
             "workers": self.workers,
+            "service_dist": self.service_dist,
+            "seed": self.seed,
             "drift_pct": self.drift_pct,
             "drift_period_s": self.drift_period_s,
             "in_flight": self.in_flight,
@@ -203,6 +233,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--workers", type=_positive_int, default=None, help="queue mode: at most N served at once"
     )
+    ap.add_argument(
+        "--service-dist", choices=SERVICE_DISTS, default="constant", help="service-time law"
+    )
+    ap.add_argument("--seed", type=int, default=0, help="seed of the service-time draws")
     ap.add_argument("--drift-pct", type=float, default=0.0, help="drift amplitude, %% in [0, 100)")
     ap.add_argument("--drift-period-s", type=float, default=None, help="drift period (s)")
     ap.add_argument(
@@ -211,12 +245,20 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     try:
         model = ServiceModel(
-            args.service_ms, args.workers, args.drift_pct, args.drift_period_s, args.drift_origin
+            args.service_ms,
+            args.workers,
+            args.drift_pct,
+            args.drift_period_s,
+            args.drift_origin,
+            args.service_dist,
+            args.seed,
         )
     except ValueError as exc:
         ap.error(str(exc))
     server = _Server((args.host, args.port), make_handler(model))
     mode = f"{args.service_ms} ms"
+    if model.service_dist != "constant":
+        mode += f" ({model.service_dist}, seed {model.seed})"
     if model.workers:
         mode += f", {model.workers} worker(s), FIFO"
     if model.drift_pct:
