@@ -38,6 +38,7 @@ pytest_plugins: list[str] = [
 # starts once, and two Slurm clusters never contend for one machine.
 _AREA_GROUP = {
     "slurm": "slurm",
+    "multinode": "multinode",
     "inference": "llm",
     "quality": "llm",
     "storage": "storage",

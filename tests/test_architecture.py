@@ -18,6 +18,7 @@ PACKAGES = ("benchflow", "drivers", "hydra_plugins", "mlflow_plugins")
 # Bottom to top: a room may import only rooms listed before it (and itself).
 LAYERS = (
     "secrets",  # benchflow/secrets.py: masking, used everywhere
+    "network",  # benchflow/network.py: this node's address as other nodes reach it
     "load",  # load generation
     "results",  # what a trial leaves: schema, files, monitor, lineage, logs, identity
     "sut",  # servers under test, embedded servers, placement, endpoints
@@ -35,7 +36,7 @@ LAYERS = (
     "main",  # python -m benchflow
 )
 # What a driver may import besides the standard library and third-party packages.
-DRIVER_MAY_IMPORT = {"drivers", "driver interface", "sut", "secrets", "root"}
+DRIVER_MAY_IMPORT = {"drivers", "driver interface", "sut", "secrets", "network", "root"}
 # The interface itself may also read the result schema (a driver's io_schema).
 INTERFACE_MAY_IMPORT = {"driver interface", "results", "root"}
 DRIVER_INTERFACE = {"drivers.base", "drivers.discovery", "drivers.checkpoint", "drivers.download"}

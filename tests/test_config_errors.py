@@ -23,6 +23,11 @@ CASES = [
     (["tracking=server", "tracking.uri=null"], ["tracking", "needs tracking.uri"]),
     (["rate=-5"], ["rate", "greater than 0"]),
     (["concurrency=1,2"], ["concurrency=1,2", "needs -m"]),
+    (
+        ["service=sleep", "clients=4", "concurrency=4", "++service.resources.nodes=2"],
+        ["service.mode", "'embedded'", "own node's loopback", "service.server=ID"],
+    ),
+    (["validity.max_lost_client_share=1"], ["validity.max_lost_client_share", "less than 1"]),
     (["placement.client_cpus=x1"], ["placement.client_cpus", "'x1'", "not a CPU list"]),
     (["placement.client_cpus=3-1"], ["placement.client_cpus", "runs backwards"]),
     (

@@ -36,6 +36,7 @@ def plan(config_dir: str | None, approve_as: str | None, as_json: bool, override
         sys.exit(EXIT_CONFIG)
     over = p.over_budget()
     approved = approval(p)
+    placement = p.placement()
     if as_json:
         import json
 
@@ -62,6 +63,9 @@ def plan(config_dir: str | None, approve_as: str | None, as_json: bool, override
                             "repetitions": j.spec.cfg.repetitions,
                             "runs_repetitions": j.repetitions,
                             "request": j.request.as_dict(),
+                            "eligible_nodes": None
+                            if placement is None
+                            else placement[(j.spec.service.name, j.request)],
                             "gpu_hours": j.request.gpu_hours,
                             "cpu_hours": j.request.cpu_hours,
                         }
@@ -73,6 +77,8 @@ def plan(config_dir: str | None, approve_as: str | None, as_json: bool, override
         )
         return
     _table(p)
+    if placement is not None:
+        _placement(placement)
     b = p.budget
     click.echo(
         f"order: {ORDER_TEXT.get(p.order, p.order)} "
@@ -94,6 +100,14 @@ def plan(config_dir: str | None, approve_as: str | None, as_json: bool, override
         click.echo(f"OVER BUDGET: {'; '.join(over)}: submission needs approve=true or an approval")
     else:
         click.echo("within budget")
+
+
+def _placement(placement) -> None:
+    """Where each distinct request can run; a request no node offers is said loudly."""
+    click.echo("placement (nodes that offer what a job asks):")
+    for (service, req), nodes in placement.items():
+        where = ", ".join(nodes) if nodes else "NO NODE of the partition offers this"
+        click.echo(f"  {service}: {where}  [{req.describe()}]")
 
 
 def _reps(j) -> str:

@@ -88,6 +88,16 @@ class ValidityRules(_Strict):
     max_completion_shortfall: float = Field(
         0.05, ge=0, le=1, description="open loop: completed rate under the offered rate"
     )
+    # clients > 1 (docs/slurm.md#clients-on-several-nodes)
+    max_lost_client_share: float = Field(
+        0.0, ge=0, lt=1, description="share of the load (failed shards / clients) a trial may lose"
+    )
+    max_clock_error_ms: float | None = Field(
+        None,
+        gt=0,
+        description="how far a shard's windows may sit from the others' after clock "
+        "correction; null: 0.1% of the measured window",
+    )
 
 
 class PrecisionConfig(_Strict):

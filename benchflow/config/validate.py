@@ -102,6 +102,7 @@ def _validate(
             "only for a server the trial launches (service.mode=embedded); pin a running "
             "server where it runs",
         )
+    _check_clients_reach_the_server(bench, service, driver_cls)
     spec = TrialSpec(bench, service, driver_cls, resolved, tuple(overrides), target, resolved_text)
     try:
         driver_cls.check(service, spec.run_settings)
@@ -247,6 +248,25 @@ def _adapter(model: type[BaseModel], path: tuple[str, ...]) -> Any:
             return _UNTYPED
         current = sub[0]
     return _UNTYPED
+
+
+def _check_clients_reach_the_server(bench, service, driver_cls) -> None:
+    """Clients spread over several nodes cannot reach a server the trial launches: it
+    listens on its own node's loopback. A server started as a job can be reached."""
+    resources = getattr(service, "resources", None)
+    if not (bench.clients > 1 and resources is not None and resources.nodes > 1):
+        return
+    if bench.client_launch == "local" or getattr(service, "mode", None) != "embedded":
+        return
+    if driver_cls.server_recipe(service, "HOST", 0) is None:
+        return  # nothing to reach: the SUT runs in each client process
+    raise ConfigError(
+        "service.mode",
+        "embedded",
+        f"clients on {resources.nodes} nodes cannot reach a server the trial launches on "
+        f"its own node's loopback; start it as a job (benchflow servers start "
+        f"{service.name}) and set service.server=ID",
+    )
 
 
 def _server_endpoint(service: dict[str, Any]) -> dict[str, Any]:

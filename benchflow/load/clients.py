@@ -14,6 +14,14 @@ and each shard connects back and speaks the same protocol as a local client.
 Before the load, the coordinator measures each client's clock offset
 (NTP-style, the sample with the smallest round trip) and starts each shard at
 the same true instant; the offsets are reported in the result's ``extra``.
+
+Latencies never cross clocks: each is measured on its shard's own clock, from
+an intended start that shard computed, so an offset only places a shard's phase
+windows. After the load the offsets are measured again; the larger of the two
+uncertainties (half the best round trip) and the drift between the two readings
+bound how far a shard's windows may sit from the others'
+(``clients.clock_error_ms_max``; the trial judges it, results.build). Each
+shard's own figures are kept beside the merged ones (``Recording.shards``).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from multiprocessing.connection import Listener
 
 from benchflow.load.engine import Engine, Phase
 from benchflow.load.recorder import Recording
+from benchflow.network import routable_address
 
 log = logging.getLogger("benchflow.load.clients")
 
@@ -88,10 +97,24 @@ def _child(conn, payload: bytes | None, stall_timeout_s: float) -> None:
             break
         engine = Engine(driver, phases[0].concurrency, stall_timeout_s)
         conn.send(("done", engine.run(phases)))
+        _answer_clock_probes(conn)  # the coordinator reads the clocks again, then says bye
     except BaseException as exc:  # report, never hang the parent
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
         conn.close()
+
+
+def _answer_clock_probes(conn) -> None:
+    while True:
+        try:
+            if not conn.poll(60):
+                return
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if not (isinstance(msg, tuple) and msg and msg[0] == "clock"):
+            return
+        conn.send(("clock", time.time_ns()))
 
 
 def resolve_launch(launch: str, clients: int, environ=os.environ) -> str:
@@ -120,7 +143,7 @@ def _srun(payload: bytes, clients: int, stall_timeout_s: float):
         raise RuntimeError("client_launch=srun needs to run inside a Slurm job")
     multi_node = int(os.environ.get("SLURM_JOB_NUM_NODES", os.environ.get("SLURM_NNODES", "1")))
     # One node: loopback; several: the address the other nodes reach this one at.
-    host = socket.gethostname() if multi_node > 1 else "127.0.0.1"
+    host = routable_address() if multi_node > 1 else "127.0.0.1"
     authkey = secrets.token_bytes(16)
     listener = Listener((host, 0), authkey=authkey)
     address = f"{host}:{listener.address[1]}"
@@ -161,8 +184,9 @@ class _Missing:
         return False
 
 
-def clock_offsets(conns, failed: dict[int, str], probes: int = 5) -> dict[int, float]:
-    """Each client's clock minus ours, in ns (NTP-style: the probe with the least round trip).
+def clock_offsets(conns, failed: dict[int, str], probes: int = 5) -> dict[int, tuple[int, int]]:
+    """Each client's clock minus ours and the reading's uncertainty (half the round
+    trip), in ns: NTP-style, the probe with the least round trip.
 
     A client that dies meanwhile is added to ``failed``.
     """
@@ -182,8 +206,16 @@ def clock_offsets(conns, failed: dict[int, str], probes: int = 5) -> dict[int, f
         except (EOFError, OSError):  # the client died: counted as failed by the caller
             failed[i] = "client process exited before the clocks were compared"
             continue
-        out[i] = float(best[1])
+        out[i] = (best[1], best[0] // 2)
     return out
+
+
+def _shard_figures(rec: Recording) -> dict[str, float | None]:
+    """One shard's own figures for a phase (for inspection; the result merges histograms)."""
+    h = rec.hist.get("latency")
+    pct = lambda q: None if h is None or h.count == 0 else h.percentile(q) / 1e6  # noqa: E731
+    return {"requests": rec.ok, "errors": sum(rec.errors.values()), "p50_ms": pct(50),
+            "p99_ms": pct(99)}  # fmt: skip
 
 
 def run_clients(
@@ -227,10 +259,11 @@ def run_clients(
     if len(failed) == clients:
         _reap(procs)
         raise RuntimeError("every client process failed: " + "; ".join(failed.values()))
-    offsets = clock_offsets(conns, failed)
+    clocks = clock_offsets(conns, failed)
     if len(failed) == clients:
         _reap(procs)
         raise RuntimeError("every client process failed: " + "; ".join(failed.values()))
+    offsets = {i: v[0] for i, v in clocks.items()}
     if report is not None and offsets:
         report["clients.clock_offset_ms_max"] = max(abs(v) for v in offsets.values()) / 1e6
         report["clients.hosts"] = float(len({h.get("host") for h in hosts.values()}))
@@ -253,6 +286,7 @@ def run_clients(
         timer = threading.Thread(target=_call_before, args=(before, ours), daemon=True)
         timer.start()
     merged: list[Recording | None] = [None] * len(phases)
+    own: dict[int, dict] = {}  # each shard's figures in the last (measured) phase
     for i, c in enumerate(conns):
         if i in failed:
             continue
@@ -264,22 +298,63 @@ def run_clients(
         if kind == "error":
             failed[i] = data
             continue
+        own[i] = _shard_figures(data[-1])
         for j, rec in enumerate(data):
             merged[j] = rec if merged[j] is None else merged[j].merge(rec)
+    after = clock_offsets(conns, dict(failed))  # again, now the load is over
+    for i, c in enumerate(conns):
+        if i not in failed:
+            with _quiet():
+                c.send(("bye",))
     _reap(procs)
     if timer:
         timer.join()
     if len(failed) == clients:
         raise RuntimeError("every client process failed: " + "; ".join(failed.values()))
+    table = []
+    for i in range(clients):
+        row = {"client": i, **{k: hosts.get(i, {}).get(k) for k in ("host", "procid")}}
+        if i in clocks:
+            row["clock_offset_ms"] = clocks[i][0] / 1e6
+            err = clocks[i][1]
+            if i in after:
+                row["clock_drift_ms"] = (after[i][0] - clocks[i][0]) / 1e6
+                err = max(err, after[i][1]) + abs(after[i][0] - clocks[i][0])
+            row["clock_error_ms"] = err / 1e6
+        row.update(own.get(i, {}))
+        row["state"] = "failed" if i in failed else "ok"
+        if i in failed:
+            row["reason"] = failed[i]
+        table.append(row)
     for j, rec in enumerate(merged):
         rec.clients = clients
         rec.failed_clients = [f"client {i}: {m}" for i, m in sorted(failed.items())]
+        rec.shards = table
         merged[j] = rec
     for i, msg in failed.items():
         log.warning("client %d failed: %s", i, msg)
     if report is not None:
         report["clients.failed"] = float(len(failed))
+        # each shard ran 1/clients of the load; a failed one's recordings are lost whole
+        report["clients.lost_share"] = len(failed) / clients
+        errs = [r["clock_error_ms"] for r in table if "clock_error_ms" in r]
+        if errs:
+            report["clients.clock_error_ms_max"] = max(errs)
+        for r in table:
+            for k in ("requests", "p50_ms", "p99_ms", "clock_error_ms"):
+                if r.get(k) is not None:
+                    report[f"clients.{r['client']}.{k}"] = float(r[k])
     return merged  # type: ignore[return-value]
+
+
+class _quiet:
+    """Ignore a shard that is already gone (it will be reaped)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        return kind is not None and issubclass(kind, OSError | EOFError)
 
 
 def _call_before(before, phases: list[Phase]) -> None:

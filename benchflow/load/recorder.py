@@ -104,6 +104,9 @@ class Recording:
     sec_hist_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     clients: int = 1
     failed_clients: list[str] = field(default_factory=list)
+    # clients > 1: one row per client shard (host, clock, its own figures, state), set
+    # by benchflow.load.clients on the merged recordings
+    shards: list[dict] = field(default_factory=list)
     abandoned: bool = False  # the stall watchdog ended the phase
     wall_start_s: float = 0.0  # wall clock of the window start (for the monitor)
     # offered vs completed load: requests started / ended within the window

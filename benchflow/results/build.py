@@ -242,6 +242,29 @@ def too_few_samples(n: int) -> str | None:
     return None
 
 
+def clock_problem(result: TrialResult, rules) -> str | None:
+    """Client shards whose clocks, after correction, may disagree by more than the
+    measured window tolerates (None: fine, or one client).
+
+    Latencies never cross clocks (each is timed on its shard's clock), so a clock
+    error only shifts a shard's windows against the others': the requests near the
+    window's edges, a fraction error/window of the sample, are then counted under a
+    slightly different load. The default bound keeps that fraction at a tenth of
+    the tail mass of p99 (1%): 0.1% of the window.
+    """
+    err = result.extra.get("clients.clock_error_ms_max")
+    window_s = result.load.duration_s
+    if err is None or not window_s:
+        return None
+    limit = getattr(rules, "max_clock_error_ms", None) or 0.001 * window_s * 1000
+    if err <= limit:
+        return None
+    return (
+        f"client clocks may disagree by {err:.3g} ms after correction (allowed {limit:.3g} ms, "
+        "validity.max_clock_error_ms): the shards' measured windows do not line up"
+    )
+
+
 def judge(
     result: TrialResult, rec: Recording, rules, driver_reasons=(), few_samples_invalid: bool = True
 ) -> Validity:
@@ -272,9 +295,15 @@ def judge(
     if rec.abandoned:
         reasons.append("the SUT stopped answering: phase abandoned by the stall timeout")
     if rec.failed_clients:
-        reasons.append(
-            f"{len(rec.failed_clients)} client shard(s) failed: " + "; ".join(rec.failed_clients)
-        )
+        lost = len(rec.failed_clients) / max(getattr(rec, "clients", 1), 1)
+        allowed = getattr(rules, "max_lost_client_share", 0.0)
+        if lost > allowed:
+            reasons.append(
+                f"{len(rec.failed_clients)} client shard(s) failed, {lost:.0%} of the load lost "
+                f"(allowed {allowed:.0%}): " + "; ".join(rec.failed_clients)
+            )
+    if why := clock_problem(result, rules):
+        reasons.append(why)
     if why := steady.saturation_reason(load):
         reasons.append(why)
     if getattr(load, "trend", None) is not None:

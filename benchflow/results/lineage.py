@@ -135,4 +135,6 @@ def tags(lineage: dict | None = None) -> dict[str, str]:
         "benchflow.gpu.driver": gpu.get("driver"),
     }
     out.update({f"slurm.{k}": v for k, v in lin.get("slurm", {}).items()})
+    if lin.get("shards"):  # client i ran on the i-th host listed
+        out["benchflow.shard_hosts"] = ",".join(str(r.get("host")) for r in lin["shards"])
     return {k: str(v) for k, v in out.items() if v not in (None, "")}

@@ -390,6 +390,8 @@ def _measure(spec: TrialSpec, trial_id: str, trial_dir: Path, meta: dict):
     t = time.perf_counter()
     window = (rec.wall_start_s, rec.wall_start_s + rec.elapsed_s())
     meta["window_start_epoch"] = rec.wall_start_s
+    if rec.shards:  # clients > 1: where each shard ran, its clock and its own figures
+        meta["lineage"]["shards"] = rec.shards
     res = results.build(
         trial_id=trial_id,
         timestamp=meta["started_at"],

@@ -29,6 +29,8 @@ and what an ended job left on disk is settled by :mod:`.job_trials`.
 from __future__ import annotations
 
 import logging
+import re
+import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -42,13 +44,20 @@ from benchflow.sweeps.manifest import RETRIED_FILE, TRIALS_FILE
 from benchflow.sweeps.slurm.job_trials import attach_logs, close_orphans, record_unrun
 from benchflow.sweeps.slurm.record import Attempt, JobRecord, SweepRecord
 from benchflow.sweeps.slurm.remote import _Remote  # old job pickles name it here
-from benchflow.sweeps.slurm.request import SlurmRequest, request_for, submitit_parameters
+from benchflow.sweeps.slurm.request import (
+    SITE_KEYS,
+    SlurmRequest,
+    request_for,
+    submitit_parameters,
+)
 from benchflow.sweeps.slurm.sweep_job import SweepJob
 
 log = logging.getLogger("benchflow.slurm")
 
 # Keys of hydra.launcher that are this launcher's own, not sbatch parameters.
 _OWN = {
+    "server_node",
+    "max_array_size",
     "submitit_folder",
     "logs_dir",
     "gpu_gres",
@@ -66,6 +75,24 @@ _OWN = {
 }
 
 
+def array_chunks(group: list, limit: int) -> list[list]:
+    """``group`` in launch order, cut into arrays of at most ``limit`` tasks (sbatch
+    refuses an array beyond the cluster's MaxArraySize)."""
+    return [group[i : i + limit] for i in range(0, len(group), limit)] if group else []
+
+
+def max_array_size(default: int = 1001) -> int:
+    """The cluster's MaxArraySize (tasks per array: indices 0 .. MaxArraySize - 1)."""
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "config"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return default
+    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.MULTILINE)
+    return int(m.group(1)) if m and int(m.group(1)) > 0 else default
+
+
 class SlurmSweepLauncher(BaseSubmititLauncher):
     _EXECUTOR = "slurm"
 
@@ -80,17 +107,7 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
         self.logs_dir = Path(p.get("logs_dir") or sweep_dir / "logs")
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.record = SweepRecord.load(sweep_dir) or SweepRecord(sweep_dir)
-        site = {
-            k: p.get(k)
-            for k in (
-                "nodes",
-                "tasks_per_node",
-                "cpus_per_task",
-                "mem_gb",
-                "gpus_per_node",
-                "timeout_min",
-            )
-        }
+        site = {k: p.get(k) for k in SITE_KEYS}
         specs = self._specs([list(o) for o in job_overrides])
         jobs = []
         for i, (overrides, spec) in enumerate(zip(job_overrides, specs, strict=True)):
@@ -106,18 +123,29 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
             if j.record.status != "skipped":
                 groups[j.request].append(j)
         self.remote = _Remote.write(self, sweep_dir) if groups else None
+        limit = int(p.get("max_array_size") or 0) or max_array_size()
+        arrays = 0
         for req, group in sorted(groups.items()):
             ex = self._executor(submitit, req)
-            log.info("submitting %d job(s) as one array: %s", len(group), req.describe())
+            parts = array_chunks(group, limit)
+            log.info(
+                "submitting %d job(s) as %s: %s",
+                len(group),
+                "one array" if len(parts) == 1 else f"{len(parts)} arrays of <= {limit}",
+                req.describe(),
+            )
             for j in group:
                 log.info("\t#%d : %s", j.num, " ".join(filter_overrides(j.overrides)))
-            sjobs = ex.map_array(self.remote, *zip(*[self._args(j) for j in group], strict=True))
-            now = time.time()
-            for j, sj in zip(group, sjobs, strict=True):
-                j.sjob = sj
-                j.record.attempts.append(Attempt(sj.job_id, now))
+            for part in parts:
+                args = zip(*[self._args(j) for j in part], strict=True)
+                sjobs = ex.map_array(self.remote, *args)
+                now = time.time()
+                for j, sj in zip(part, sjobs, strict=True):
+                    j.sjob = sj
+                    j.record.attempts.append(Attempt(sj.job_id, now))
+            arrays += len(parts)
         self.record.save()
-        log.info("%d job(s) queued in %d array(s)", sum(map(len, groups.values())), len(groups))
+        log.info("%d job(s) queued in %d array(s)", sum(map(len, groups.values())), arrays)
         self._wait([j for j in jobs if j.sjob is not None])
         self.record.save()
         return [self._return(j) for j in jobs]
@@ -147,6 +175,8 @@ class SlurmSweepLauncher(BaseSubmititLauncher):
         extra.update(derived["sbatch"])
         if sbatch.get("gres") and "gres" in extra:
             extra.pop("gres")  # a site-wide gres wins
+        if sbatch.get("exclude") and "exclude" in extra:  # the site's and the server's node
+            sbatch["exclude"] = f"{sbatch['exclude']},{extra.pop('exclude')}"
         out, err = str(self.logs_dir / "%x_%j.out"), str(self.logs_dir / "%x_%j.err")
         extra.update(output=out, error=err)
         srun_args = [*derived["srun_args"], "--output", out, "--error", err]

@@ -8,7 +8,8 @@ time limits, an upper bound of what the sweep can burn). At submission, a Slurm 
 ``budget.gpu_hours`` or ``budget.cpu_hours`` is refused (exit 2) unless
 ``approve=true`` or an administrator recorded an approval for this exact sweep
 (``benchflow plan --approve-as NAME OVERRIDES…`` writes it into
-``budget.approvals_dir``, a directory only administrators can write).
+``budget.approvals_dir``, a directory only administrators can write). On Slurm it
+also names the nodes of the partition each job can land on (:meth:`Plan.placement`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import math
+import re
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +29,9 @@ from omegaconf import OmegaConf
 
 from benchflow.config import PREVALIDATED, ConfigError, TrialSpec, composing, sweep_jobs, validate
 from benchflow.config.compose import order_jobs, sweep_order
-from benchflow.sweeps.slurm.request import SlurmRequest, request_for
+from benchflow.sweeps.slurm.request import SITE_KEYS, SlurmRequest, request_for
 
 SLURM_LAUNCHER = "hydra_plugins.benchflow_plugins.slurm_launcher.BenchflowSlurmLauncher"
-_SITE_KEYS = ("nodes", "tasks_per_node", "cpus_per_task", "mem_gb", "gpus_per_node", "timeout_min")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,18 @@ class Plan:
     @property
     def on_slurm(self) -> bool:
         return self.launcher == SLURM_LAUNCHER
+
+    def placement(self) -> dict[tuple[str, SlurmRequest], list[str]] | None:
+        """The nodes each distinct (service, request) can land on, from ``sinfo`` of the
+        sweep's partition (None: not on Slurm, or the cluster cannot be asked)."""
+        if not self.on_slurm:
+            return None
+        nodes = cluster_nodes(self.site.get("partition"))
+        if nodes is None:
+            return None
+        return {
+            (j.spec.service.name, j.request): eligible_nodes(j.request, nodes) for j in self.jobs
+        }
 
     @property
     def gpu_hours(self) -> float:
@@ -98,13 +113,50 @@ class Plan:
         return out
 
 
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    cpus: int
+    mem_mb: int
+    gpus: int
+
+
+def cluster_nodes(partition: str | None) -> list[NodeInfo] | None:
+    """The partition's nodes (default: the default partition) as ``sinfo`` sees them."""
+    cmd = ["sinfo", "-h", "-N", "-o", "%N|%c|%m|%G"] + (["-p", partition] if partition else [])
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    nodes = {}
+    for line in out.splitlines():
+        name, cpus, mem, gres = line.split("|")
+        gpus = sum(int(n) for n in re.findall(r"gpu(?::[^:,()]+)?:(\d+)", gres))
+        nodes[name] = NodeInfo(name, int(cpus), int(mem.rstrip("+")), gpus)
+    return list(nodes.values())
+
+
+def eligible_nodes(req: SlurmRequest, nodes: list[NodeInfo]) -> list[str]:
+    """The nodes that offer what one node of ``req`` asks (CPUs, memory, GPUs), less the
+    node it must keep off."""
+    per_node_cpus = math.ceil(req.ntasks / req.nodes) * req.cpus_per_task
+    return [
+        n.name
+        for n in nodes
+        if n.cpus >= per_node_cpus
+        and n.mem_mb >= req.mem_gb * 1024
+        and n.gpus >= req.gpus_per_node
+        and n.name != req.exclude
+    ]
+
+
 def make_plan(overrides: list[str], multirun: bool = True, config_dir: str | None = None) -> Plan:
     """Expand ``overrides`` into jobs with their requests (raises ConfigError)."""
     jobs = sweep_jobs(overrides, multirun)
     with composing(config_dir) as composer:
         hydra = composer.compose(jobs[0], with_hydra=True).hydra
         launcher = str(OmegaConf.select(hydra, "launcher._target_") or "")
-        site = {k: OmegaConf.select(hydra, f"launcher.{k}") for k in _SITE_KEYS}
+        site = {k: OmegaConf.select(hydra, f"launcher.{k}") for k in SITE_KEYS}
         specs = [
             PREVALIDATED.get(tuple(job)) or validate(composer.compose(job), tuple(job))
             for job in jobs

@@ -5,15 +5,35 @@ states in ``service.resources`` (GPUs, CPUs, memory, nodes, time per trial)
 times its repetitions for the time limit, plus one Slurm task per client when
 the clients are spread over tasks (``client_launch``). Site-wide values set in
 ``hydra.launcher`` (non-null) win over the service's own.
+
+A trial that targets a server started as a job (``service.server=ID``) keeps its
+load generator off that server's node (``--exclude``) when the partition has
+another node (``hydra.launcher.server_node=avoid``, the default; ``share`` lets
+them meet): clients beside the server take its CPUs and share its network
+stack, and the figures then describe neither alone.
 """
 
 from __future__ import annotations
 
 import math
+import subprocess
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any
 
 from benchflow.config import TrialSpec
+
+# The ``hydra.launcher`` keys a job's request reads (the rest go to sbatch as they are).
+SITE_KEYS = (
+    "nodes",
+    "tasks_per_node",
+    "cpus_per_task",
+    "mem_gb",
+    "gpus_per_node",
+    "timeout_min",
+    "partition",
+    "server_node",
+)
 
 
 @dataclass(frozen=True, order=True)
@@ -26,6 +46,7 @@ class SlurmRequest:
     mem_gb: float = 4
     gpus_per_node: int = 0
     time_min: int = 30
+    exclude: str | None = None  # node the job must not land on (a targeted server's)
 
     @property
     def cpus(self) -> int:
@@ -48,6 +69,8 @@ class SlurmRequest:
         if self.gpus_per_node:
             parts.append(f"{self.gpus_per_node} GPU/node")
         parts += [f"{self.mem_gb:g} GB", f"{self.time_min} min"]
+        if self.exclude:
+            parts.append(f"not on {self.exclude} (its server's node)")
         return ", ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
@@ -80,7 +103,32 @@ def request_for(spec: TrialSpec, site: dict[str, Any] | None = None) -> SlurmReq
         gpus_per_node=r.gpus if site.get("gpus_per_node") is None else site["gpus_per_node"],
         # a job runs spec.repetitions_run: all repetitions, or one in an interleaved sweep
         time_min=site.get("timeout_min") or r.time_min * len(spec.repetitions_run),
+        exclude=_server_node(spec, site),
     )
+
+
+def _server_node(spec: TrialSpec, site: dict[str, Any]) -> str | None:
+    """The node of the server this trial targets, when its clients should keep off it."""
+    server = getattr(spec.service, "server", None)
+    if not server or (site.get("server_node") or "avoid") == "share":
+        return None
+    from benchflow.sut.endpoints import read_instance
+
+    inst = read_instance(str(server))
+    if inst is None or not inst.node:
+        return None
+    return inst.node if _has_other_nodes(inst.node, site.get("partition")) else None
+
+
+@lru_cache(maxsize=16)
+def _has_other_nodes(node: str, partition: str | None) -> bool:
+    """Whether the partition (default: the default one) has a node besides ``node``."""
+    cmd = ["sinfo", "-h", "-N", "-o", "%N"] + (["-p", partition] if partition else [])
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False  # cannot tell: never exclude the only node a job could run on
+    return bool(set(out.split()) - {node})
 
 
 def submitit_parameters(req: SlurmRequest, gpu_gres: str) -> dict[str, Any]:
@@ -99,6 +147,8 @@ def submitit_parameters(req: SlurmRequest, gpu_gres: str) -> dict[str, Any]:
     extra: dict[str, Any] = {"mem": _mem(req.mem_gb)}
     if req.gpus_per_node:
         extra["gres"] = gpu_gres.format(n=req.gpus_per_node)
+    if req.exclude:
+        extra["exclude"] = req.exclude
     srun_args: list[str] = []
     if req.nodes > 1 or req.ntasks > 1:
         extra.update(

@@ -70,9 +70,14 @@ class _Stop(BaseException):
     pass
 
 
-def serve(server_id: str, spec_resolved: dict, host: str, d: str) -> str:
-    """Runs in the Slurm job: start the server, publish its endpoint, serve until stopped."""
+def serve(server_id: str, spec_resolved: dict, host: str | None, d: str) -> str:
+    """Runs in the Slurm job: start the server, publish its endpoint, serve until stopped.
+
+    ``host`` None: the address the cluster's other nodes reach this node at, found
+    here, on the node the job landed on (not on the login node that submitted it).
+    """
     from benchflow.config import validate
+    from benchflow.network import routable_address
     from benchflow.sut.servers import ServerProcess, free_port, http_ready, tcp_ready
 
     sd = Path(d)
@@ -87,6 +92,7 @@ def serve(server_id: str, spec_resolved: dict, host: str, d: str) -> str:
 
     signal.signal(signal.SIGTERM, _term)
     spec = validate(spec_resolved)
+    host = host or routable_address()
     proc = None
     try:
         port = free_port(host)
@@ -182,7 +188,7 @@ def start(
     )
     inst = Instance(server_id, service, None, "starting", submitted_at=time.time())
     inst.save(d)
-    sjob = ex.submit(serve, server_id, spec.resolved, host or socket.gethostname(), str(d))
+    sjob = ex.submit(serve, server_id, spec.resolved, host, str(d))
     inst.job_id = sjob.job_id
     inst.save(d)
     deadline = time.monotonic() + timeout_s
