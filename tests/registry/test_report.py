@@ -182,3 +182,44 @@ def test_vector_and_llm_figures_appear_when_the_trials_have_their_data(tmp_path)
     # side by side: vec and llm ran the same workloads (concurrency 1 and 4), 3 reps each
     assert "llm vs vec" in html and "not enough data" not in html
     assert out.logged_to == sweep["parent_run_id"]
+
+
+def test_side_by_side_pairs_interleaved_subjects_as_compare_does(tmp_path):
+    """Two services run interleaved (a, b, a, b, a, b): the report's side-by-side rows
+    are paired, as `benchflow compare` would judge them, and show their minimal
+    detectable effect. A +10% throughput identical in every pair is a deterministic
+    difference, named as such."""
+    from benchflow import tracking
+    from benchflow.analysis import synthetic
+    from benchflow.analysis.report import build_report
+
+    c = tracking.client(f"sqlite:///{tmp_path}/mlflow.db")
+    sweep = synthetic.start_sweep(c, "synth", "synth")
+    seed = 0
+    for rep in range(3):
+        for svc in ("a", "b"):
+            seed += 1
+            t = synthetic.SynthTrial(
+                scenario="synth",
+                experiment="synth",
+                service=svc,
+                config={"concurrency": 2},
+                throughput=100.0 * (1.1 if svc == "b" else 1.0) * (1 + 0.01 * rep),
+                repetition=rep,
+                seed=seed,
+                sweep=sweep,
+                tracking_uri=c.tracking_uri,
+            )
+            tracking.upload_trial(synthetic.write_trial(tmp_path / "results", t), c)
+    out = build_report(
+        c, sweep=sweep["sweep_id"], results_dir=tmp_path / "results", out_dir=tmp_path / "reports"
+    )
+    md = out.markdown.read_text()
+    table = md[md.index("## Side by side") : md.index("## Figures")]
+    rows = [r for r in table.splitlines() if r.startswith("| (one config)")]
+    assert len(rows) == 3 and all("| paired (3) |" in r for r in rows), table
+    thr = next(r for r in rows if "| throughput |" in r)
+    assert "| worse |" in thr and "deterministic difference" in thr
+    p50 = next(r for r in rows if "| latency_ms.p50 |" in r)
+    assert "±" in p50  # its MDE
+    assert "paired" in out.html.read_text()

@@ -121,7 +121,7 @@ def _context(ts: TrialSet, made, summary, sbs, sbs_notes) -> dict:
 def _render_html(ctx: dict) -> str:
     import jinja2
 
-    from benchflow.analysis.compare import fmt, fmt_ci
+    from benchflow.analysis.compare import fmt, fmt_ci, fmt_design, fmt_mde
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(Path(__file__).parent)),
@@ -129,7 +129,9 @@ def _render_html(ctx: dict) -> str:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    return env.get_template("template.html.j2").render(fmt=fmt, fmt_ci=fmt_ci, **ctx)
+    return env.get_template("template.html.j2").render(
+        fmt=fmt, fmt_ci=fmt_ci, fmt_design=fmt_design, fmt_mde=fmt_mde, **ctx
+    )
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -142,7 +144,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _render_md(ctx: dict) -> str:
-    from benchflow.analysis.compare import fmt, fmt_ci
+    from benchflow.analysis.compare import fmt, fmt_ci, fmt_design, fmt_mde
 
     lines = [
         f"# {ctx['title']}",
@@ -164,17 +166,19 @@ def _render_md(ctx: dict) -> str:
     lines += ["", "## Side by side under identical load", ""]
     lines += [f"Note: {n}" for n in ctx["sbs_notes"]]
     if ctx["sbs"]:
-        header = ["comparison", "metric", "n", "best", "subject", "ratio", "CI"]
-        header += ["p Welch", "p MWU", "q", "verdict", "note"]
+        header = ["comparison", "metric", "n", "design", "best", "subject", "ratio", "CI"]
+        header += ["MDE", "p Welch", "p MWU", "q", "verdict", "note"]
         rows = [
             [
                 r.config,
                 r.metric,
                 f"{r.n_baseline}/{r.n_candidate}",
+                fmt_design(r),
                 fmt(r.median_baseline),
                 fmt(r.median_candidate),
                 fmt(r.ratio),
                 fmt_ci(r),
+                fmt_mde(r.mde),
                 fmt(r.p_welch),
                 fmt(r.p_mannwhitney),
                 fmt(r.p_adjusted),

@@ -150,13 +150,39 @@ def side_by_side(ts: TrialSet, settings: Settings | None = None) -> tuple[list[R
 
 
 def _sample(ts: TrialSet, part: pd.DataFrame, metric: str) -> Sample:
+    """The runs' values (and histograms) with their times and repetitions, so that the
+    report judges a pair as ``benchflow compare`` does: paired when the sides were
+    interleaved, drift-aware when they ran apart (docs/statistics.md)."""
     col = f"metrics.{metric}"
     part = part[part[col].notna()]
     values = part[col].to_numpy(dtype=float)
+    times = _times(part)
     hq = histogram_of(metric)
     if hq is None:
-        return Sample(values)
+        return Sample(values, **times)
     hists = [ts.files[rid].histograms().get(hq[0]) for rid in part["run_id"]]
     if any(h is None for h in hists):
-        return Sample(values)
-    return Sample(values, hists, hq[1])
+        return Sample(values, **times)
+    return Sample(values, hists, hq[1], **times)
+
+
+def _times(part: pd.DataFrame) -> dict:
+    """Start (the trial's own clock, tag benchflow.started_at, else the run's), end and
+    repetition of each run; empty when a start is unknown (then: independent)."""
+    col = part.get("tags.benchflow.started_at")
+    started = None if col is None else pd.to_numeric(col, errors="coerce")
+    if started is None or started.isna().any():
+        if "start_time" not in part or part["start_time"].isna().any():
+            return {}
+        started = part["start_time"].map(lambda t: t.timestamp())
+    starts = started.to_numpy(dtype=float)
+    ends = starts
+    if "end_time" in part and not part["end_time"].isna().any():
+        ends = np.maximum(part["end_time"].map(lambda t: t.timestamp()).to_numpy(float), starts)
+    col = part.get("tags.benchflow.repetition")
+    reps = (
+        np.full(len(part), -1)
+        if col is None
+        else pd.to_numeric(col, errors="coerce").fillna(-1).to_numpy(dtype=int)
+    )
+    return {"starts": starts, "ends": ends, "repetitions": reps}
