@@ -311,3 +311,18 @@ def test_cfg_job_shows_the_targets_settings(workdir):
     assert bad.returncode == 2 and "sleepy has no version 9" in bad.stderr
     plain = workdir.run("--cfg", "job", "service=noop", check=True).stdout
     assert "driver: noop" in plain  # without a target Hydra prints it, as before
+
+
+def test_prevalidated_specs_are_found_under_the_overrides_hydra_hands_the_sweeper():
+    """Hydra gives its sweeper each job without the hydra.* overrides: the spec composed
+    before Hydra started is found under that key too, so no job is composed twice (each
+    miss costs Hydra's full composition, ~0.5 s: minutes for a large Slurm sweep)."""
+    from benchflow.config import PREVALIDATED, compose_trials
+    from benchflow.config.compose import task_overrides
+
+    job = ["service=noop", "seed=3", "hydra.launcher.array_parallelism=2", "++hydra.verbose=false"]
+    assert task_overrides(job) == ("service=noop", "seed=3")
+    specs = compose_trials(["service=noop", "seed=3,4", "hydra.job.name=x"], multirun=True)
+    for seed, spec in zip((3, 4), specs, strict=True):
+        assert PREVALIDATED[("service=noop", f"seed={seed}")] is spec
+        assert PREVALIDATED[("service=noop", f"seed={seed}", "hydra.job.name=x")] is spec

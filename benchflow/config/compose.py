@@ -121,6 +121,12 @@ def composing(extra_config_dir: str | None = None) -> Iterator[Composer]:
 PREVALIDATED: dict[tuple[str, ...], TrialSpec] = {}
 
 
+def task_overrides(job: list[str]) -> tuple[str, ...]:
+    """A job's overrides as Hydra passes them to its sweeper and launcher: without the
+    ``hydra.*`` ones."""
+    return tuple(o for o in job if not o.lstrip("+~").startswith("hydra."))
+
+
 def compose_trials(
     overrides: list[str],
     multirun: bool,
@@ -138,6 +144,10 @@ def compose_trials(
             spec = validate(composer.compose(job), tuple(job), open_target)
             if not open_target:  # only what can run is reused by the launchers
                 PREVALIDATED[tuple(job)] = spec
+                # Hydra hands its sweeper the job without the hydra.* overrides (they
+                # are Hydra's own): the same spec under that key, or the sweeper would
+                # compose every job again (~0.5 s each: 8 minutes for 1,000 jobs)
+                PREVALIDATED.setdefault(task_overrides(job), spec)
             specs.append(spec)
     if multirun and not open_target:
         sweep_order(specs)  # one order per sweep
