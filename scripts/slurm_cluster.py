@@ -421,8 +421,10 @@ def stop(d: Path) -> None:
                     break
                 time.sleep(0.3)
     for name in DAEMONS:
-        files = sorted(d.glob("slurmd-*.pid")) if name == "slurmd" else [d / f"{name}.pid"]
-        for f in files or [d / "mysqlrun" / f"{name}.pid"]:
+        # slurmd: one pid file per node (slurmd-<node>.pid; slurmd.pid before --nodes)
+        files = [*sorted(d.glob("slurmd-*.pid")), d / "slurmd.pid"] if name == "slurmd" else []
+        files = files or [d / f"{name}.pid"]
+        for f in files:  # mariadbd writes its own pid file into mysqlrun/
             pid = _pid(f) or _pid(d / "mysqlrun" / f"{name}.pid")
             if not _alive(pid):
                 continue
