@@ -92,6 +92,8 @@ def run(spec, trial_dir: Path, meta: dict, limits: Enforced):
         for k in ("window_start_epoch", "worker"):
             if done.get(k) is not None:
                 meta[k] = done[k]
+        if done.get("shards"):  # clients > 1: each shard's host, clock and figures
+            meta.setdefault("lineage", {})["shards"] = done["shards"]
         if done.get("driver_version"):
             meta["driver_version_in_worker"] = done["driver_version"]
     if verdict is not None:

@@ -391,7 +391,8 @@ def _measure(spec: TrialSpec, trial_id: str, trial_dir: Path, meta: dict):
     window = (rec.wall_start_s, rec.wall_start_s + rec.elapsed_s())
     meta["window_start_epoch"] = rec.wall_start_s
     if rec.shards:  # clients > 1: where each shard ran, its clock and its own figures
-        meta["lineage"]["shards"] = rec.shards
+        # (a worker's meta has no lineage: the supervisor files them there, supervisor.py)
+        meta.setdefault("lineage", {})["shards"] = rec.shards
     res = results.build(
         trial_id=trial_id,
         timestamp=meta["started_at"],

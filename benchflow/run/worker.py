@@ -116,6 +116,7 @@ def main(argv: list[str]) -> int:
             measure(spec, trial_dir, meta)
         out["status"] = "finished"
         out["window_start_epoch"] = meta.get("window_start_epoch")
+        out["shards"] = meta.get("lineage", {}).get("shards")
     except BaseException as exc:
         from benchflow.config.limits import LIMIT_EXCEEDED
         from benchflow.run.failures import describe

@@ -18,6 +18,8 @@ import psutil
 import pytest
 from conftest import FAST
 
+from drivers.calibration.sleep import server_state
+
 CD = str(Path(__file__).resolve().parents[1] / "slurm" / "conf")
 SITE = ["--config-dir", CD, "site=local"]
 
@@ -137,30 +139,37 @@ def test_server_on_one_node_serves_clients_on_two_others_into_mlflow(mwd, slurm_
 
 
 def test_a_shard_whose_node_dies_is_counted_and_judged_by_the_allowed_share(mwd, slurm_multinode):
-    """Mid-trial, every shard process on one node is killed (the node "dies" for the
-    trial): the other node's shards finish, the trial records the two failed shards
-    and the half of the load they carried; with validity.max_lost_client_share=0.5
-    it stays valid, and the loss is in its figures and lineage."""
+    """Mid-trial (the server has served 2,000 requests of the trial's load), every shard
+    process on one node is killed (the node "dies" for the trial): the other node's
+    shards finish, the trial records the two failed shards and the half of the load
+    they carried; with validity.max_lost_client_share=0.5 it stays valid, and the loss
+    is in its figures and lineage."""
     names = slurm_multinode["SLURM_NODES"].split(",")
     start = mwd.run(
         "servers", "start", "sleep", "service.service_ms=2", "--timeout", "120", check=True
     )
     server_id = start.stdout.split()[0]
     server_node = _server_node(start.stdout)
+    endpoint = start.stdout.split(" ready at ")[1].split()[0]
+    host, port = endpoint.rsplit("//", 1)[1].split(":")
     killed: dict[str, list[int]] = {}
 
-    def kill_one_node():  # once two nodes' shards have measured a while, kill one node's
+    def kill_one_node():
+        # The load starts only once every shard has said it is ready (host and all): wait
+        # for the server to have served a good share of it, then kill one node's shards.
         deadline = time.monotonic() + 200
         while time.monotonic() < deadline and not killed:
+            try:
+                served = server_state(host, int(port))["served"]
+            except OSError:
+                served = 0
             by_node = {
                 n: [p for p in _node_pids(n) if "benchflow.load.shard" in _cmdline(p)[1:3]]
                 for n in names
                 if n != server_node
             }
             alive = {n: ps for n, ps in by_node.items() if ps}
-            if len(alive) == 2 and all(
-                time.time() - psutil.Process(ps[0]).create_time() > 2 for ps in alive.values()
-            ):
+            if served >= 2000 and len(alive) == 2:
                 victim = sorted(alive)[-1]
                 for pid in alive[victim]:
                     psutil.Process(pid).kill()
