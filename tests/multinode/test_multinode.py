@@ -54,6 +54,25 @@ def _server_node(start_stdout: str) -> str:
     return re.search(r"\(Slurm job \S+ on (\S+)\)", start_stdout).group(1)
 
 
+def _four_clients_on_two_nodes(mwd, server_id: str, *more: str) -> None:
+    """One trial against a server job: 4 clients as srun tasks over 2 nodes."""
+    proc = mwd.run(
+        "-m",
+        *SITE,
+        "service=sleep",
+        f"service.server={server_id}",
+        "clients=4",
+        "concurrency=8",
+        "client_launch=srun",
+        "++service.resources.nodes=2",
+        "warmup_s=0.5",
+        "monitor.interval_s=0.5",
+        *more,
+        timeout=300,
+    )
+    assert proc.returncode == 0, mwd.explain(proc)
+
+
 def _sweep_dir(wd) -> Path:
     return sorted((wd.results / "adhoc" / "_sweeps").iterdir())[-1]
 
@@ -93,21 +112,7 @@ def test_server_on_one_node_serves_clients_on_two_others_into_mlflow(mwd, slurm_
     addr = slurm_multinode["SLURM_NODE_ADDRS"].split(",")[names.index(server_node)]
     assert endpoint.startswith(f"http://{addr}:"), endpoint  # the node's, not a name
     try:
-        proc = mwd.run(
-            "-m",
-            *SITE,
-            "service=sleep",
-            f"service.server={server_id}",
-            "clients=4",
-            "concurrency=8",
-            "client_launch=srun",
-            "++service.resources.nodes=2",
-            "duration_s=3",
-            "warmup_s=0.5",
-            "monitor.interval_s=0.5",
-            timeout=300,
-        )
-        assert proc.returncode == 0, mwd.explain(proc)
+        _four_clients_on_two_nodes(mwd, server_id, "duration_s=3")
     finally:
         mwd.run("servers", "stop", server_id)
     (tdir,) = mwd.trial_dirs()
@@ -179,22 +184,9 @@ def test_a_shard_whose_node_dies_is_counted_and_judged_by_the_allowed_share(mwd,
     killer = threading.Thread(target=kill_one_node, daemon=True)
     killer.start()
     try:
-        proc = mwd.run(
-            "-m",
-            *SITE,
-            "service=sleep",
-            f"service.server={server_id}",
-            "clients=4",
-            "concurrency=8",
-            "client_launch=srun",
-            "++service.resources.nodes=2",
-            "duration_s=6",
-            "warmup_s=0.5",
-            "monitor.interval_s=0.5",
-            "validity.max_lost_client_share=0.5",
-            timeout=300,
+        _four_clients_on_two_nodes(
+            mwd, server_id, "duration_s=6", "validity.max_lost_client_share=0.5"
         )
-        assert proc.returncode == 0, mwd.explain(proc)
     finally:
         killer.join(5)
         mwd.run("servers", "stop", server_id)
