@@ -26,6 +26,7 @@ shard's own figures are kept beside the merged ones (``Recording.shards``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -212,10 +213,9 @@ def clock_offsets(conns, failed: dict[int, str], probes: int = 5) -> dict[int, t
 
 def _shard_figures(rec: Recording) -> dict[str, float | None]:
     """One shard's own figures for a phase (for inspection; the result merges histograms)."""
-    h = rec.hist.get("latency")
-    pct = lambda q: None if h is None or h.count == 0 else h.percentile(q) / 1e6  # noqa: E731
-    return {"requests": rec.ok, "errors": sum(rec.errors.values()), "p50_ms": pct(50),
-            "p99_ms": pct(99)}  # fmt: skip
+    h = rec.hist["latency"]
+    p50, p99 = ((h.percentile(q) / 1e6 if h.count else None) for q in (50, 99))
+    return {"requests": rec.ok, "errors": sum(rec.errors.values()), "p50_ms": p50, "p99_ms": p99}
 
 
 def run_clients(
@@ -304,7 +304,7 @@ def run_clients(
     after = clock_offsets(conns, dict(failed))  # again, now the load is over
     for i, c in enumerate(conns):
         if i not in failed:
-            with _quiet():
+            with contextlib.suppress(OSError, EOFError):  # gone already: reaped below
                 c.send(("bye",))
     _reap(procs)
     if timer:
@@ -345,16 +345,6 @@ def run_clients(
                 if r.get(k) is not None:
                     report[f"clients.{r['client']}.{k}"] = float(r[k])
     return merged  # type: ignore[return-value]
-
-
-class _quiet:
-    """Ignore a shard that is already gone (it will be reaped)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb) -> bool:
-        return kind is not None and issubclass(kind, OSError | EOFError)
 
 
 def _call_before(before, phases: list[Phase]) -> None:

@@ -18,8 +18,6 @@ import getpass
 import hashlib
 import json
 import math
-import re
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,13 @@ from omegaconf import OmegaConf
 
 from benchflow.config import PREVALIDATED, ConfigError, TrialSpec, composing, sweep_jobs, validate
 from benchflow.config.compose import order_jobs, sweep_order
-from benchflow.sweeps.slurm.request import SITE_KEYS, SlurmRequest, request_for
+from benchflow.sweeps.slurm.request import (
+    SITE_KEYS,
+    NodeInfo,
+    SlurmRequest,
+    cluster_nodes,
+    request_for,
+)
 
 SLURM_LAUNCHER = "hydra_plugins.benchflow_plugins.slurm_launcher.BenchflowSlurmLauncher"
 
@@ -111,29 +115,6 @@ class Plan:
         if self.cpu_hours > b.cpu_hours:
             out.append(f"{self.cpu_hours:.4g} CPU-hours > budget.cpu_hours={b.cpu_hours:g}")
         return out
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    name: str
-    cpus: int
-    mem_mb: int
-    gpus: int
-
-
-def cluster_nodes(partition: str | None) -> list[NodeInfo] | None:
-    """The partition's nodes (default: the default partition) as ``sinfo`` sees them."""
-    cmd = ["sinfo", "-h", "-N", "-o", "%N|%c|%m|%G"] + (["-p", partition] if partition else [])
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    nodes = {}
-    for line in out.splitlines():
-        name, cpus, mem, gres = line.split("|")
-        gpus = sum(int(n) for n in re.findall(r"gpu(?::[^:,()]+)?:(\d+)", gres))
-        nodes[name] = NodeInfo(name, int(cpus), int(mem.rstrip("+")), gpus)
-    return list(nodes.values())
 
 
 def eligible_nodes(req: SlurmRequest, nodes: list[NodeInfo]) -> list[str]:

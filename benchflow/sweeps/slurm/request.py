@@ -16,6 +16,7 @@ stack, and the figures then describe neither alone.
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -120,15 +121,35 @@ def _server_node(spec: TrialSpec, site: dict[str, Any]) -> str | None:
     return inst.node if _has_other_nodes(inst.node, site.get("partition")) else None
 
 
-@lru_cache(maxsize=16)
 def _has_other_nodes(node: str, partition: str | None) -> bool:
     """Whether the partition (default: the default one) has a node besides ``node``."""
-    cmd = ["sinfo", "-h", "-N", "-o", "%N"] + (["-p", partition] if partition else [])
+    nodes = cluster_nodes(partition)
+    # cannot tell: never exclude the only node a job could run on
+    return nodes is not None and any(n.name != node for n in nodes)
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    cpus: int
+    mem_mb: int
+    gpus: int
+
+
+@lru_cache(maxsize=16)
+def cluster_nodes(partition: str | None) -> list[NodeInfo] | None:
+    """The partition's nodes (default: the default partition) as ``sinfo`` sees them."""
+    cmd = ["sinfo", "-h", "-N", "-o", "%N|%c|%m|%G"] + (["-p", partition] if partition else [])
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError):
-        return False  # cannot tell: never exclude the only node a job could run on
-    return bool(set(out.split()) - {node})
+        return None
+    nodes = {}
+    for line in out.splitlines():
+        name, cpus, mem, gres = line.split("|")
+        gpus = sum(int(n) for n in re.findall(r"gpu(?::[^:,()]+)?:(\d+)", gres))
+        nodes[name] = NodeInfo(name, int(cpus), int(mem.rstrip("+")), gpus)
+    return list(nodes.values())
 
 
 def submitit_parameters(req: SlurmRequest, gpu_gres: str) -> dict[str, Any]:
