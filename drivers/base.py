@@ -99,6 +99,8 @@ class RunSettings:
     clients: int
     seed: int
     rate: float | None
+    # which keys requests touch (benchflow.workload.keys.AccessConfig; None: uniform)
+    access: Any = None
 
 
 CUSTOM_FILE = "custom.json"  # the driver's own metadata, next to metrics.json
@@ -257,6 +259,11 @@ class Driver(ABC):
     # (connections belong in open_worker) and a SUT that is not inside this process.
     supports_clients: ClassVar[bool] = True
     client_library: ClassVar[str | None] = None  # distribution name, recorded in meta.json
+    # The request classes a mix (``mix={name: weight}``, docs/workloads.md#mixes) may
+    # name: their names; "any" for names the driver looks up in its own settings
+    # (``service.classes.<name>``); () when its requests are of one kind. The engine
+    # draws each request's class and hands it over as ``ctx.cls``.
+    mix_classes: ClassVar[tuple[str, ...] | Literal["any"]] = ()
 
     def __init__(self, settings: ServiceSettings, trial: TrialContext) -> None:
         self.settings = settings
@@ -270,6 +277,11 @@ class Driver(ABC):
         HEAD) overrides this to pick per configuration.
         """
         return cls.throughput_basis
+
+    @classmethod
+    def mix_classes_for(cls, settings: ServiceSettings) -> tuple[str, ...] | Literal["any"]:
+        """The classes a mix may name with these settings (default: ``mix_classes``)."""
+        return cls.mix_classes
 
     @classmethod
     def check(cls, settings: ServiceSettings, run: RunSettings) -> None:

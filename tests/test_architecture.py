@@ -19,6 +19,7 @@ PACKAGES = ("benchflow", "drivers", "hydra_plugins", "mlflow_plugins")
 LAYERS = (
     "secrets",  # benchflow/secrets.py: masking, used everywhere
     "network",  # benchflow/network.py: this node's address as other nodes reach it
+    "workload",  # seeded keys, lengths, traces and prompts: what drivers draw requests from
     "load",  # load generation
     "results",  # what a trial leaves: schema, files, monitor, lineage, logs, identity
     "sut",  # servers under test, embedded servers, placement, endpoints
@@ -36,9 +37,17 @@ LAYERS = (
     "main",  # python -m benchflow
 )
 # What a driver may import besides the standard library and third-party packages.
-DRIVER_MAY_IMPORT = {"drivers", "driver interface", "sut", "secrets", "network", "root"}
+DRIVER_MAY_IMPORT = {
+    "drivers",
+    "driver interface",
+    "sut",
+    "secrets",
+    "network",
+    "workload",
+    "root",
+}
 # The interface itself may also read the result schema (a driver's io_schema).
-INTERFACE_MAY_IMPORT = {"driver interface", "results", "root"}
+INTERFACE_MAY_IMPORT = {"driver interface", "results", "workload", "root"}
 DRIVER_INTERFACE = {"drivers.base", "drivers.discovery", "drivers.checkpoint", "drivers.download"}
 
 

@@ -22,6 +22,8 @@ from pydantic import (
 from benchflow.config.limits import LimitsConfig
 from benchflow.config.search import SearchConfig
 from benchflow.sut.placement import PlacementConfig
+from benchflow.workload.keys import AccessConfig
+from benchflow.workload.trace import TraceConfig
 from drivers.base import Driver, RunSettings, ServiceSettings
 
 CONFIG_NAME = "config"
@@ -165,6 +167,16 @@ class PrecisionConfig(_Strict):
 DEFAULT_PRECISION_PERCENTILES = ("p50", "p90", "p95", "p99")
 
 
+class StageConfig(_Strict):
+    """One stage of a staged open-loop trial (docs/workloads.md#stages)."""
+
+    rate: float = Field(..., gt=0, description="requests/s (total over clients)")
+    duration_s: float = Field(..., gt=0, description="the stage's length")
+    ramp: bool = Field(
+        False, description="move the rate linearly from the previous stage's (0 first) to rate"
+    )
+
+
 class TrackingConfig(_Strict):
     mode: Literal["local", "server"] = "local"
     uri: str | None = Field(None, description="null: MLflow's own default store")
@@ -200,7 +212,23 @@ class BenchConfig(_Strict):
     batch: int = Field(1, ge=1)
     concurrency: int = Field(1, ge=1)
     rate: float | None = Field(None, gt=0, description="requests/s; null = closed loop")
-    arrival: Literal["constant", "poisson"] = "poisson"
+    arrival: Literal["constant", "poisson", "gamma"] = "poisson"
+    arrival_burstiness: float = Field(
+        1.0,
+        gt=0,
+        description="arrival=gamma: shape of the gaps' gamma distribution (vLLM's "
+        "--burstiness): CV² of the gaps = 1/burstiness; 1 is Poisson",
+    )
+    stages: list[StageConfig] | None = Field(
+        None, description="open loop in consecutive stages of their own rate (docs/workloads.md)"
+    )
+    mix: dict[str, float] | None = Field(
+        None, description="request classes and their weights (normalized to sum 1)"
+    )
+    trace: TraceConfig = Field(default_factory=TraceConfig, description="replay a trace")
+    access: AccessConfig = Field(
+        default_factory=AccessConfig, description="which keys requests touch (skew)"
+    )
     duration_s: float | Literal["auto"] = Field(
         10, description="seconds, or auto: until the percentiles are known (precision.*)"
     )
@@ -287,6 +315,47 @@ class BenchConfig(_Strict):
             raise ValueError(f"a repetition of 0..{reps - 1} (repetitions={reps})")
         return v
 
+    @field_validator("arrival_burstiness")
+    @classmethod
+    def _burstiness_for_gamma(cls, v: float, info: ValidationInfo) -> float:
+        if v != 1.0 and info.data.get("arrival") != "gamma":
+            raise ValueError("applies to arrival=gamma only (set arrival=gamma, or 1)")
+        return v
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, v: list[StageConfig] | None, info: ValidationInfo) -> Any:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("a list of at least one {rate, duration_s[, ramp]} (or null)")
+        if info.data.get("rate") is not None:
+            raise ValueError("stages carry their own rates: set rate=null")
+        if info.data.get("duration_s") == "auto":
+            raise ValueError("duration_s=auto and stages do not mix: the stages set the length")
+        return v
+
+    @field_validator("mix")
+    @classmethod
+    def _weights(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("name at least one class: {name: weight, ...} (or null)")
+        bad = {k: w for k, w in v.items() if not w >= 0}
+        if bad:
+            raise ValueError(f"weights must be >= 0, got {bad}")
+        total = sum(v.values())
+        if not total > 0:
+            raise ValueError("the weights must have a positive sum")
+        # normalized (docs/workloads.md#mixes): weights are shares, whatever their sum
+        return {k: w / total for k, w in v.items()}
+
+    @property
+    def open_loop(self) -> bool:
+        """Requests start on a schedule: a rate, stages or a trace."""
+        return self.rate is not None or self.stages is not None or self.trace.path is not None
+
     @model_validator(mode="after")
     def _clients_fit(self) -> BenchConfig:
         if self.clients > self.concurrency:
@@ -316,13 +385,14 @@ class TrialSpec:
     def run_settings(self) -> RunSettings:
         """The run settings with the config's own ``seed`` (what validation checks)."""
         c = self.cfg
-        return RunSettings(c.batch, c.concurrency, c.clients, c.seed, c.rate)
+        return RunSettings(c.batch, c.concurrency, c.clients, c.seed, c.rate, c.access)
 
     def run_settings_for(self, repetition: int) -> RunSettings:
         """The run settings a trial of repetition ``repetition`` runs with: its seed
         is :func:`repetition_seed` of the config's ``seed``."""
         c = self.cfg
-        return RunSettings(c.batch, c.concurrency, c.clients, self.seed_for(repetition), c.rate)
+        seed = self.seed_for(repetition)
+        return RunSettings(c.batch, c.concurrency, c.clients, seed, c.rate, c.access)
 
     def seed_for(self, repetition: int) -> int:
         return repetition_seed(self.cfg.seed, repetition)

@@ -103,6 +103,12 @@ def _validate(
             "server where it runs",
         )
     _check_clients_reach_the_server(bench, service, driver_cls)
+    _check_workload(bench, service, driver_cls)
+    for key in _inactive_workload(bench):  # as before these keys existed: same hashes
+        resolved.pop(key, None)
+        resolved_text.pop(key, None)
+    if bench.stages is not None:  # every stage whole: an omitted `ramp` is `ramp: false`
+        resolved["stages"] = canonical([st.model_dump() for st in bench.stages])
     spec = TrialSpec(bench, service, driver_cls, resolved, tuple(overrides), target, resolved_text)
     try:
         driver_cls.check(service, spec.run_settings)
@@ -112,6 +118,71 @@ def _validate(
     except ConfigRefused as exc:
         raise ConfigError(exc.key, exc.value, exc.allowed) from None
     return spec
+
+
+# -- workload shapes (docs/workloads.md) ------------------------------------------
+def _check_workload(bench: BenchConfig, service: BaseModel, driver_cls) -> None:
+    """What a trace, stages and a mix need of the rest of the config and the driver."""
+    if bench.trace.path is not None:
+        clash = [
+            k
+            for k, bad in (
+                ("rate", bench.rate is not None),
+                ("stages", bench.stages is not None),
+                ("requests", bench.requests is not None),
+                ("duration_s", bench.duration_s == "auto"),
+            )
+            if bad
+        ]
+        if clash:
+            raise ConfigError(
+                "trace.path",
+                bench.trace.path,
+                f"a trace replays its own times: drop {', '.join(clash)} (rate=null, "
+                "stages=null, requests=null, duration_s a number); cut the trace with "
+                "trace.start_s, trace.end_s, trace.limit",
+            )
+        from benchflow.workload.trace import TraceError, iter_trace
+
+        try:  # the first record now: a missing or malformed file fails before any trial
+            next(iter(iter_trace(bench.trace)), None)
+        except TraceError as exc:
+            raise ConfigError("trace.path", bench.trace.path, str(exc)) from None
+    if bench.stages is not None and bench.requests is not None:
+        raise ConfigError("requests", bench.requests, "stages end by their durations: null")
+    if bench.mix is not None:
+        allowed = driver_cls.mix_classes_for(service)
+        if not allowed:
+            raise ConfigError(
+                "mix",
+                bench.mix,
+                f"service {service.name!r} has no request classes (drivers with classes: "
+                "see docs/workloads.md#mixes)",
+            )
+        if allowed != "any":
+            unknown = sorted(set(bench.mix) - set(allowed))
+            if unknown:
+                raise ConfigError(
+                    f"mix.{unknown[0]}",
+                    bench.mix[unknown[0]],
+                    f"unknown class of service {service.name!r}; allowed: {', '.join(allowed)}",
+                )
+
+
+def _inactive_workload(bench: BenchConfig) -> list[str]:
+    """Workload keys at their defaults change nothing: left out of the resolved config,
+    so params and hashes of trials from before they existed stay as they were."""
+    out = []
+    if bench.arrival != "gamma":
+        out.append("arrival_burstiness")
+    for key in ("stages", "mix"):
+        if getattr(bench, key) is None:
+            out.append(key)
+    if bench.trace.path is None:
+        out.append("trace")
+    if bench.access == type(bench.access)():
+        out.append("access")
+    return out
 
 
 # -- identity by value ------------------------------------------------------------

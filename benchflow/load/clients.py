@@ -63,6 +63,8 @@ def shard_phases(phases: list[Phase], n: int, i: int, start_ns: int) -> list[Pha
                 ph,
                 concurrency=split(ph.concurrency, n, i),
                 rate=None if ph.rate is None else ph.rate / n,
+                stages=tuple(replace(st, rate=st.rate / n) for st in ph.stages),
+                shard=(i, n),
                 requests=None if ph.requests is None else split(ph.requests, n, i),
                 stream=ph.stream * 1000 + i,
                 start_wall_ns=t,

@@ -31,10 +31,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from benchflow.load.mix import Mix
 from benchflow.load.precision import CHECK_EVERY_S, PrecisionGoal
 from benchflow.load.precision import judge as judge_precision
 from benchflow.load.recorder import Recorder, Recording
-from benchflow.load.schedule import Schedule
+from benchflow.load.schedule import Schedule, Stage
 
 log = logging.getLogger("benchflow.load")
 
@@ -51,7 +52,16 @@ _SELECT_MAX_WORKERS = 512
 class RequestContext:
     """Handed to every ``operation`` call; one per worker, reused between requests."""
 
-    __slots__ = ("_buf", "first_byte_ns", "intended_ns", "seq", "state", "worker")
+    __slots__ = (
+        "_buf",
+        "cls",
+        "first_byte_ns",
+        "intended_ns",
+        "item",
+        "seq",
+        "state",
+        "worker",
+    )
 
     def __init__(self, worker: int, state: Any, buf) -> None:
         self.worker = worker
@@ -61,6 +71,10 @@ class RequestContext:
         # When the request was meant to start (perf_counter_ns); equals its start in
         # closed loop. Drivers judging user-facing SLOs measure from here.
         self.intended_ns = 0
+        # The request's class in a mix (``mix=``; None without one) and, when replaying a
+        # trace, its record (benchflow.workload.trace.TraceRequest; None otherwise).
+        self.cls: str | None = None
+        self.item: Any = None
         self._buf = buf
 
     def first_byte(self) -> None:
@@ -79,8 +93,13 @@ class Phase:
     concurrency: int
     duration_s: float | None = None  # bounded by time ...
     requests: int | None = None  # ... or by a count (takes precedence)
-    rate: float | None = None  # None: closed loop
-    arrival: Literal["constant", "poisson"] = "poisson"
+    rate: float | None = None  # None: closed loop (or stages / a trace: open loop)
+    arrival: Literal["constant", "poisson", "gamma"] = "poisson"
+    burstiness: float = 1.0  # gamma arrivals: CV² of the gaps = 1 / burstiness
+    stages: tuple[Stage, ...] = ()  # open loop in consecutive stages (duration_s: their sum)
+    trace: Any = None  # benchflow.workload.trace.TraceConfig: replay its offsets
+    shard: tuple[int, int] = (0, 1)  # (i, n): a client shard's share of a trace
+    mix: tuple[tuple[str, float], ...] = ()  # request classes and their weights
     seed: int = 0
     stream: int = 0  # independent schedule stream (phase, client shard)
     start_wall_ns: int | None = None  # start at this wall-clock time (multi-client alignment)
@@ -89,7 +108,7 @@ class Phase:
 
     @property
     def open_loop(self) -> bool:
-        return self.rate is not None
+        return self.rate is not None or bool(self.stages) or self.trace is not None
 
 
 def sleep_until(deadline_ns: int) -> None:
@@ -146,8 +165,9 @@ class Engine:
 
     # -- threads -----------------------------------------------------------------
     def _run_threads(self, phase: Phase, states: list) -> Recording:
-        window_ns, sched, quota = _plan(phase)
-        rec = self.recorder = Recorder(window_ns)
+        window_ns, sched, quota, mix = _plan(phase)
+        rec = self.recorder = _recorder(window_ns, sched, mix)
+        names = mix.names if mix else None
         t0 = _start(phase)
         rec.recording.wall_start_s = time.time() - (pc() - t0) / 1e9
         deadline = _Deadline(t0 + window_ns if window_ns else None)
@@ -168,15 +188,19 @@ class Engine:
                     sleep_until(intended)
                     if deadline.at is not None and intended >= deadline.at:
                         return  # the window ended early (duration_s=auto)
-                    ctx.seq = slot[0]
+                    ctx.seq, ctx.item = slot[0], slot[2]
+                    cls = mix.class_of(slot[0]) if mix else 0
                     start = pc()
                 else:
                     if quota is not None and not quota.take():
                         return
+                    cls = mix.class_of(n, w) if mix else 0
                     start = intended = pc()
                     if deadline.at is not None and start >= deadline.at:
                         return
                     ctx.seq = n
+                if names:
+                    ctx.cls = names[cls]
                 ctx.first_byte_ns = 0
                 ctx.intended_ns = intended
                 inflight[w] = start
@@ -190,7 +214,8 @@ class Engine:
                 if abandoned.is_set():
                     return
                 fb = ctx.first_byte_ns
-                add(intended - t0, start - t0, fb - t0 if fb else 0, stop - t0, size or 0, code)
+                fb = fb - t0 if fb else 0
+                add(intended - t0, start - t0, fb, stop - t0, size or 0, code, cls)
                 n += 1
                 if n % Recorder.FLUSH_EVERY == 0 or rec.flush_gen != flushed:
                     flushed = rec.flush_gen
@@ -214,6 +239,7 @@ class Engine:
                 break
         out = rec.finish()
         check.done()
+        _raise_schedule_error(sched)
         return out
 
     # -- asyncio -----------------------------------------------------------------
@@ -242,8 +268,9 @@ class Engine:
                 await _maybe_await(self.driver.close_worker(s))
 
     async def _run_async_phase(self, phase: Phase, states: list) -> Recording:
-        window_ns, sched, quota = _plan(phase)
-        rec = self.recorder = Recorder(window_ns)
+        window_ns, sched, quota, mix = _plan(phase)
+        rec = self.recorder = _recorder(window_ns, sched, mix)
+        names = mix.names if mix else None
         if phase.start_wall_ns is not None:
             await asleep_until(pc() + max(0, phase.start_wall_ns - time.time_ns()))
         t0 = _start(phase)
@@ -254,11 +281,14 @@ class Engine:
         bufs = [rec.buffer() for _ in range(self.concurrency)]
         ctxs = [RequestContext(w, states[w], bufs[w]) for w in range(self.concurrency)]
 
-        async def one(w: int, intended: int, seq: int) -> None:
+        async def one(w: int, intended: int, seq: int, item=None, lane: int = 0) -> None:
             ctx, buf = ctxs[w], bufs[w]
             ctx.first_byte_ns = 0
             ctx.intended_ns = intended
-            ctx.seq = seq
+            ctx.seq, ctx.item = seq, item
+            cls = mix.class_of(seq, lane) if mix else 0
+            if names:
+                ctx.cls = names[cls]
             start = inflight[w] = pc()
             try:
                 size = await op(ctx)
@@ -269,7 +299,8 @@ class Engine:
                 inflight.pop(w, None)
             stop = pc()
             fb = ctx.first_byte_ns
-            buf.add(intended - t0, start - t0, fb - t0 if fb else 0, stop - t0, size or 0, code)
+            fb = fb - t0 if fb else 0
+            buf.add(intended - t0, start - t0, fb, stop - t0, size or 0, code, cls)
             if len(buf) >= Recorder.FLUSH_EVERY:
                 rec.flush(buf)
 
@@ -281,7 +312,7 @@ class Engine:
                 now = pc()
                 if deadline.at is not None and now >= deadline.at:
                     return
-                await one(w, now, n)
+                await one(w, now, n, None, w)
                 n += 1
                 if n % 1024 == 0:  # an operation that never suspends would starve the
                     await asyncio.sleep(0)  # loop: the stall watch and the precision check
@@ -292,9 +323,9 @@ class Engine:
                 free.put_nowait(w)
             running: set[asyncio.Task] = set()
 
-            async def run_slot(w: int, intended: int, seq: int) -> None:
+            async def run_slot(w: int, intended: int, seq: int, item) -> None:
                 try:
-                    await one(w, intended, seq)
+                    await one(w, intended, seq, item)
                 finally:
                     free.put_nowait(w)
 
@@ -305,7 +336,7 @@ class Engine:
                     if deadline.at is not None and intended >= deadline.at:
                         break  # the window ended early (duration_s=auto)
                     w = await free.get()  # all workers busy: this request starts late
-                    task = asyncio.ensure_future(run_slot(w, intended, slot[0]))
+                    task = asyncio.ensure_future(run_slot(w, intended, slot[0], slot[2]))
                     running.add(task)
                     task.add_done_callback(running.discard)
                 while running:
@@ -332,6 +363,7 @@ class Engine:
                 break
         out = rec.finish()
         check.done()
+        _raise_schedule_error(sched)
         return out
 
 
@@ -440,6 +472,12 @@ class _Quota:
             return True
 
 
+def _raise_schedule_error(sched: Schedule | None) -> None:
+    """A trace that broke off mid-phase fails the trial, naming its file and line."""
+    if sched is not None and sched.error is not None:
+        raise sched.error
+
+
 def _start(phase: Phase) -> int:
     """The phase's t0 on this process's perf clock.
 
@@ -453,10 +491,10 @@ def _start(phase: Phase) -> int:
     return pc() - max(0, time.time_ns() - phase.start_wall_ns)
 
 
-def _plan(phase: Phase) -> tuple[int, Schedule | None, _Quota | None]:
-    """Window length (ns, 0 when count-bounded), open-loop schedule, closed-loop quota."""
+def _plan(phase: Phase) -> tuple[int, Schedule | None, _Quota | None, Mix | None]:
+    """Window length (ns, 0 when count-bounded or replaying a trace), open-loop
+    schedule, closed-loop quota, and the mix's class chooser."""
     by_count = phase.requests is not None
-    window_ns = 0 if by_count else int(phase.duration_s * 1e9)
     sched = quota = None
     if phase.open_loop:
         sched = Schedule(
@@ -464,12 +502,28 @@ def _plan(phase: Phase) -> tuple[int, Schedule | None, _Quota | None]:
             phase.arrival,
             phase.seed,
             duration_s=None if by_count else phase.duration_s,
-            count=phase.requests if by_count else None,
+            count=phase.requests,
             stream=phase.stream,
+            burstiness=phase.burstiness,
+            stages=phase.stages,
+            trace=phase.trace,
+            shard=phase.shard,
         )
     elif by_count:
         quota = _Quota(phase.requests)
-    return window_ns, sched, quota
+    if phase.stages and not by_count:
+        window_ns = round(sum(s.duration_s for s in phase.stages) * 1e9)
+    elif by_count or phase.duration_s is None:  # a count, or a whole trace
+        window_ns = 0
+    else:
+        window_ns = int(phase.duration_s * 1e9)
+    mix = Mix(phase.mix, phase.seed, phase.stream) if phase.mix else None
+    return window_ns, sched, quota, mix
+
+
+def _recorder(window_ns: int, sched: Schedule | None, mix: Mix | None) -> Recorder:
+    stages = sched.stage_starts_ns if sched is not None and window_ns else ()
+    return Recorder(window_ns, mix.names if mix else (), stages)
 
 
 async def _maybe_await(x):

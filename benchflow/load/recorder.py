@@ -34,7 +34,7 @@ OK = 0
 class WorkerBuffer:
     """Raw columns of one worker. Appends are the only thing on the hot path."""
 
-    __slots__ = ("code", "end", "extras", "first_byte", "intended", "size", "start")
+    __slots__ = ("cls", "code", "end", "extras", "first_byte", "intended", "size", "start")
 
     def __init__(self) -> None:
         self.intended = array("q")
@@ -43,18 +43,22 @@ class WorkerBuffer:
         self.end = array("q")
         self.size = array("q")
         self.code = array("h")
+        self.cls = array("h")  # the request's class in a mix (0 without one)
         self.extras: dict[str, array] = {}
 
     def __len__(self) -> int:
         return len(self.end)
 
-    def add(self, intended: int, start: int, first_byte: int, end: int, size: int, code: int):
+    def add(
+        self, intended: int, start: int, first_byte: int, end: int, size: int, code: int, cls=0
+    ):
         self.intended.append(intended)
         self.start.append(start)
         self.first_byte.append(first_byte)
         self.end.append(end)
         self.size.append(size)
         self.code.append(code)
+        self.cls.append(cls)
 
     def observe(self, name: str, value_ns: int) -> None:
         col = self.extras.get(name)
@@ -65,14 +69,15 @@ class WorkerBuffer:
     def drain(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         cols = {
             name: np.frombuffer(
-                getattr(self, name), dtype=np.int64 if name != "code" else np.int16
+                getattr(self, name), dtype=np.int16 if name in ("code", "cls") else np.int64
             ).copy()
-            for name in ("intended", "start", "first_byte", "end", "size", "code")
+            for name in ("intended", "start", "first_byte", "end", "size", "code", "cls")
         }
         extras = {k: np.frombuffer(v, dtype=np.int64).copy() for k, v in self.extras.items()}
         for name in ("intended", "start", "first_byte", "end", "size"):
             setattr(self, name, array("q"))
         self.code = array("h")
+        self.cls = array("h")
         self.extras = {}
         return cols, extras
 
@@ -120,6 +125,12 @@ class Recording:
     stop_at_ns: int = 0
     stop_samples: int = 0
     stop_widths: dict[str, float | None] = field(default_factory=dict)
+    # A mix's classes and a staged schedule's stages (docs/workloads.md): each class
+    # and each stage keeps a recording of its own, in ``subs`` under
+    # ``classes.<name>`` and ``stages.<i>``; a stage's times count from its start.
+    class_names: list[str] = field(default_factory=list)
+    stage_starts_ns: list[int] = field(default_factory=list)
+    subs: dict[str, Recording] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in CORE:
@@ -134,8 +145,36 @@ class Recording:
     def fold(self, cols: dict[str, np.ndarray], extras: dict[str, np.ndarray], classes: list[str]):
         if len(cols["end"]):
             self._fold_requests(cols, classes)
+            self._fold_subs(cols, classes)
         for name, values in extras.items():
             self.hist.setdefault(f"x.{name}", LogHistogram()).record_many(values)
+
+    def _fold_subs(self, c: dict[str, np.ndarray], classes: list[str]) -> None:
+        if len(self.class_names) > 1:
+            for k, name in enumerate(self.class_names):
+                sel = c["cls"] == k
+                if sel.any():
+                    self._sub(f"classes.{name}", self.window_ns).fold(
+                        {n: v[sel] for n, v in c.items()}, {}, classes
+                    )
+        if len(self.stage_starts_ns) > 1:
+            edges = [*self.stage_starts_ns, self.window_ns or np.iinfo(np.int64).max]
+            stage = np.searchsorted(edges[1:-1], c["intended"], side="right")
+            for k in np.unique(stage).tolist():
+                sel, t0 = stage == k, edges[k]
+                part = {n: v[sel] for n, v in c.items()}
+                for n in ("intended", "start", "end"):
+                    part[n] = part[n] - t0
+                fb = part["first_byte"]
+                part["first_byte"] = np.where(fb > 0, fb - t0, 0)
+                self._sub(f"stages.{k}", edges[k + 1] - t0, t0).fold(part, {}, classes)
+
+    def _sub(self, key: str, window_ns: int, t0_ns: int = 0) -> Recording:
+        sub = self.subs.get(key)
+        if sub is None:
+            sub = self.subs[key] = Recording(window_ns=window_ns)
+            sub.wall_start_s = self.wall_start_s + t0_ns / 1e9
+        return sub
 
     def _fold_requests(self, c: dict[str, np.ndarray], classes: list[str]) -> None:
         ok = c["code"] == OK
@@ -225,6 +264,11 @@ class Recording:
         self.abandoned = self.abandoned or other.abandoned
         self.started_in_window += other.started_in_window
         self.ended_in_window += other.ended_in_window
+        for key, sub in other.subs.items():
+            mine = self.subs.get(key)
+            self.subs[key] = sub if mine is None else mine.merge(sub)
+        self.class_names = self.class_names or list(other.class_names)
+        self.stage_starts_ns = self.stage_starts_ns or list(other.stage_starts_ns)
         if self.stop_by is None and other.stop_by is not None:
             self.stop_by, self.stop_at_ns = other.stop_by, other.stop_at_ns
             self.stop_samples, self.stop_widths = other.stop_samples, dict(other.stop_widths)
@@ -297,8 +341,12 @@ class Recorder:
 
     FLUSH_EVERY = 8192
 
-    def __init__(self, window_ns: int = 0) -> None:
-        self.recording = Recording(window_ns=window_ns)
+    def __init__(self, window_ns: int = 0, class_names=(), stage_starts_ns=()) -> None:
+        self.recording = Recording(
+            window_ns=window_ns,
+            class_names=list(class_names),
+            stage_starts_ns=list(stage_starts_ns),
+        )
         self.classes: list[str] = ["ok"]
         self._class_codes: dict[str, int] = {"ok": OK}
         self._lock = threading.Lock()

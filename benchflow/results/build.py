@@ -18,6 +18,7 @@ from benchflow.results.schema import (
     PercentileInterval,
     Precision,
     Resource,
+    Slice,
     Throughput,
     Trend,
     TrialResult,
@@ -71,8 +72,11 @@ def build(
     notes: list[str],
     rules,
     invalid_reasons: list[str] = (),
+    slice_extra: dict[str, dict] | None = None,
+    workload: dict | None = None,
 ) -> TrialResult:
     cfg = spec.cfg
+    open_loop = cfg.open_loop
     elapsed = rec.elapsed_s()
     completed = rec.total
     req_rate = completed / elapsed if elapsed else 0.0
@@ -93,28 +97,38 @@ def build(
         timeouts=rec.timeouts,
         by_class=dict(rec.errors),
     )
-    achieved = rec.achieved_rate() if cfg.rate else ok_rate
+    achieved = rec.achieved_rate() if open_loop else ok_rate
+    target_rate = cfg.rate
+    if cfg.stages:  # the stages' mean offered rate
+        total_s = sum(st.duration_s for st in cfg.stages)
+        target_rate = (
+            sum(_stage_rate(cfg.stages, k) * st.duration_s for k, st in enumerate(cfg.stages))
+            / total_s
+        )
     auto = cfg.duration_s == "auto"
     # whole seconds only: a count-bounded phase's last second is cut short
     tr = steady.trend(rec.per_second() if rec.window_ns else rec.per_second()[:-1])
     trend = Trend(**tr) if tr else None
     load = Load(
-        mode="open" if cfg.rate else "closed",
+        mode="open" if open_loop else "closed",
         concurrency=cfg.concurrency,
         clients=cfg.clients,
-        target_rate=cfg.rate,
+        target_rate=target_rate,
         achieved_rate=achieved,
-        arrival=cfg.arrival if cfg.rate else None,
-        duration_s=None if cfg.requests else (rec.window_s() if auto else cfg.duration_s),
+        arrival=("trace" if cfg.trace.path else cfg.arrival) if open_loop else None,
+        duration_s=None
+        if cfg.requests
+        else (rec.window_s() if auto or cfg.stages or cfg.trace.path else cfg.duration_s),
         requests=cfg.requests,
         warmup_s=cfg.warmup_s,
         elapsed_s=elapsed,
         completed=completed,
-        dispatch_lag_ms=lenient_distribution(rec.hist["lag"]) if cfg.rate else None,
+        dispatch_lag_ms=lenient_distribution(rec.hist["lag"]) if open_loop else None,
         offered_rate=rec.offered_rate(),
         completed_rate=rec.completed_rate(),
-        saturated=steady.saturation(rec, bool(cfg.rate), rules),
-        steady=None if trend is None else not steady.trend_problems(trend, rules),
+        saturated=steady.saturation(rec, open_loop, rules),
+        # stages change the load on purpose: a trend is expected, not a flaw
+        steady=None if trend is None or cfg.stages else not steady.trend_problems(trend, rules),
         trend=trend,
         precision=_precision(rec, cfg),
     )
@@ -162,10 +176,19 @@ def build(
         extra=extra,
         validity=Validity(valid=True),
         notes="; ".join(notes) or None,
+        workload=workload or {},
     )
+    _add_slices(result, rec, spec, driver_cls, rules, slice_extra or {})
     quality_headline = getattr(driver_cls, "headline_figures", "load") == "quality"
+    stage_reasons = [
+        f"stage {k}: {why}" for k, sl in result.stages.items() for why in sl.validity.reasons
+    ]
     result.validity = judge(
-        result, rec, rules, invalid_reasons, few_samples_invalid=not quality_headline
+        result,
+        rec,
+        rules,
+        [*invalid_reasons, *stage_reasons],
+        few_samples_invalid=not quality_headline,
     )
     shortfall = too_few_samples(result.latency_ms.count)
     if quality_headline and shortfall:
@@ -177,6 +200,85 @@ def build(
             ]
         )
     return result
+
+
+def _stage_rate(stages, k: int) -> float:
+    """Stage k's mean offered rate (a ramp's: halfway between its ends)."""
+    st = stages[k]
+    if not st.ramp:
+        return st.rate
+    return (st.rate + (stages[k - 1].rate if k else 0.0)) / 2
+
+
+def _add_slices(result: TrialResult, rec: Recording, spec, driver_cls, rules, extra) -> None:
+    """Each class's and each stage's own figures (``classes.<name>.*``, ``stages.<k>.*``)."""
+    cfg = spec.cfg
+    weights = cfg.mix or {}
+    for key, sub in sorted(rec.subs.items()):
+        kind, name = key.split(".", 1)
+        if kind == "classes":
+            sl = _slice(sub, rec.elapsed_s(), spec, driver_cls, rules, extra.get(key, {}))
+            sl.weight = weights.get(name)
+            result.classes[name] = sl
+        else:
+            k = int(name)
+            st = cfg.stages[k]
+            sl = _slice(sub, sub.window_s(), spec, driver_cls, rules, extra.get(key, {}))
+            sl.target_rate, sl.duration_s = _stage_rate(cfg.stages, k), st.duration_s
+            if sl.achieved_rate is not None:
+                short = 1 - sl.achieved_rate / sl.target_rate
+                if short > rules.max_rate_shortfall:
+                    sl.validity.reasons.append(
+                        f"generator fell {short:.1%} short of the stage's rate "
+                        f"({sl.achieved_rate:.1f} of {sl.target_rate:g} req/s; "
+                        f"allowed {rules.max_rate_shortfall:.0%})"
+                    )
+                    sl.validity.valid = False
+            result.stages[name] = sl
+
+
+def _slice(sub: Recording, elapsed: float, spec, driver_cls, rules, extra: dict) -> Slice:
+    completed = sub.total
+    ok_rate = sub.ok / elapsed if elapsed else 0.0
+    size_per_s = sub.size_ok / elapsed if elapsed else 0.0
+    size_value, size_unit = size_rate(size_per_s, driver_cls.size_unit)
+    if driver_cls.headline(spec.service) == "size":
+        throughput = Throughput(value=size_value, unit=size_unit)
+    else:
+        throughput = Throughput(value=ok_rate, unit="requests_per_s")
+    errors_n = sum(sub.errors.values())
+    errors = Errors(
+        rate=errors_n / completed if completed else 0.0,
+        count=errors_n,
+        timeouts=sub.timeouts,
+        by_class=dict(sub.errors),
+    )
+    latency = distribution(sub.hist["latency"])
+    reasons = []
+    if why := too_few_samples(latency.count):
+        reasons.append(why)
+    if errors.rate > rules.max_error_rate:
+        reasons.append(f"error rate {errors.rate:.1%} above {rules.max_error_rate:.0%}")
+    open_loop = spec.cfg.open_loop
+    ttfb = sub.hist["ttfb"]
+    return Slice(
+        throughput=throughput,
+        rates={
+            "requests_per_s": completed / elapsed if elapsed else 0.0,
+            "ok_requests_per_s": ok_rate,
+            size_unit: size_value,
+        },
+        latency_ms=latency,
+        service_time_ms=distribution(sub.hist["service"]),
+        ttfb_ms=distribution(ttfb) if ttfb.count else None,
+        errors=errors,
+        achieved_rate=sub.achieved_rate() if open_loop else None,
+        offered_rate=sub.offered_rate(),
+        completed_rate=sub.completed_rate(),
+        saturated=steady.saturation(sub, open_loop, rules),
+        extra=extra,
+        validity=Validity(valid=not reasons, reasons=reasons),
+    )
 
 
 def _precision(rec: Recording, cfg) -> Precision:

@@ -145,6 +145,28 @@ class Validity(_Block):
     reasons: list[str] = Field(default_factory=list)
 
 
+class Slice(_Block):
+    """A class's or a stage's share of a trial (docs/workloads.md): the same figures as
+    the whole, from that share's own histograms; a stage's throughput is over its own
+    window, a class's over the trial's."""
+
+    weight: float | None = None  # a class: its share of the mix
+    target_rate: float | None = None  # a stage: its offered rate (a ramp: the mean)
+    duration_s: float | None = None  # a stage: its length
+    throughput: Throughput
+    rates: dict[str, float]
+    latency_ms: Distribution
+    service_time_ms: Distribution
+    ttfb_ms: Distribution | None = None
+    errors: Errors
+    achieved_rate: float | None = None  # open loop: requests started per second
+    offered_rate: float | None = None
+    completed_rate: float | None = None
+    saturated: bool | None = None
+    extra: dict[str, float] = Field(default_factory=dict)  # the driver's summarize()
+    validity: Validity
+
+
 class TrialResult(_Block):
     schema_version: int = SCHEMA_VERSION
     trial_id: str
@@ -167,6 +189,11 @@ class TrialResult(_Block):
     extra: dict[str, float] = Field(default_factory=dict)
     validity: Validity
     notes: str | None = None
+    # a mix's classes and a staged trial's stages ("0", "1", ...): docs/workloads.md
+    classes: dict[str, Slice] = Field(default_factory=dict)
+    stages: dict[str, Slice] = Field(default_factory=dict)
+    # the workload's own summary: drawn lengths, the trace replayed (docs/workloads.md)
+    workload: dict[str, Any] = Field(default_factory=dict)
 
 
 # -- MLflow's view: dotted numeric metrics ---------------------------------------
@@ -186,6 +213,8 @@ def metrics_flat(result: TrialResult) -> dict[str, float]:
         "quality",
         "phases",
         "extra",
+        "classes",
+        "stages",
     ):
         _flatten_numbers(d.get(key), key, out)
     for name, agg in result.resource.detail.items():

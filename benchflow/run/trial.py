@@ -35,6 +35,7 @@ from benchflow.config import TrialSpec, needs_declared
 from benchflow.config.compose import REPETITION_KEY
 from benchflow.config.limits import LimitExceeded, enforced, host_shortfalls
 from benchflow.load.engine import Engine, Phase
+from benchflow.load.schedule import Stage
 from benchflow.results import lineage
 from benchflow.results.identity import config_hash
 from benchflow.results.logs import trial_logging
@@ -146,6 +147,13 @@ def _new_trial(
         "warnings": [],
         "timings_s": {},
     }
+    if spec.cfg.trace.path is not None:  # what was replayed, byte for byte
+        from benchflow.workload.trace import trace_sha256
+
+        meta.setdefault("lineage", {})["trace"] = {
+            "path": str(spec.cfg.trace.path),
+            "sha256": trace_sha256(spec.cfg.trace.path),
+        }
     results.write_yaml(trial_dir / "effective_config.yaml", redact_tree(spec.resolved))
     results.write_json(trial_dir / "meta.json", meta)
     return trial_id, trial_dir, meta, driver_info
@@ -367,6 +375,7 @@ def _measure(spec: TrialSpec, trial_id: str, trial_dir: Path, meta: dict):
         rec = recs[-1]
         ctx.extra.update(driver.measure_end())
         ctx.extra.update(driver.summarize(rec))
+        slice_extra = {key: driver.summarize(sub) for key, sub in rec.subs.items()}
         samples = monitor.stop()
         t = time.perf_counter()
         quality = spec.driver_cls.check_outputs(driver.quality())
@@ -408,19 +417,50 @@ def _measure(spec: TrialSpec, trial_id: str, trial_dir: Path, meta: dict):
         notes=ctx.notes,
         rules=cfg.validity,
         invalid_reasons=ctx.invalid_reasons,
+        slice_extra=slice_extra,
+        workload=_workload_summary(cfg, rec),
     )
     results.write_result_files(trial_dir, res, rec, samples, rec.wall_start_s, spec.driver_cls)
     timings["result"] = time.perf_counter() - t
     return res
 
 
+def _workload_summary(cfg, rec) -> dict:
+    """The workload's shape as the result records it (docs/workloads.md)."""
+    out: dict = {}
+    if cfg.mix:
+        out["mix"] = dict(cfg.mix)
+    if cfg.stages:
+        out["stages"] = [s.model_dump() for s in cfg.stages]
+    if cfg.arrival == "gamma" and cfg.open_loop:
+        out["arrival_burstiness"] = cfg.arrival_burstiness
+    if cfg.trace.path is not None:
+        out["trace"] = {**cfg.trace.model_dump(), "requests": rec.started}
+    return out
+
+
 def _phases(cfg, planned: int | None = None, seed: int | None = None) -> list[Phase]:
-    """The warm-up and measured phases; ``seed``: the repetition's (default: the config's)."""
+    """The warm-up and measured phases; ``seed``: the repetition's (default: the config's).
+
+    Stages: the warm-up runs at the first stage's rate. A trace: the warm-up replays
+    the trace's first ``warmup_s``, the measured phase the whole (cut) trace.
+    """
     seed = cfg.seed if seed is None else seed
-    common = dict(concurrency=cfg.concurrency, rate=cfg.rate, arrival=cfg.arrival, seed=seed)
+    stages = tuple(Stage(s.rate, s.duration_s, s.ramp) for s in cfg.stages or ())
+    trace = cfg.trace if cfg.trace.path is not None else None
+    common = dict(
+        concurrency=cfg.concurrency,
+        rate=cfg.rate,
+        arrival=cfg.arrival,
+        burstiness=cfg.arrival_burstiness,
+        trace=trace,
+        mix=tuple((cfg.mix or {}).items()),
+        seed=seed,
+    )
     phases = []
     if cfg.warmup_s > 0:
-        phases.append(Phase("warmup", duration_s=cfg.warmup_s, stream=1, **common))
+        warm = dict(common, rate=stages[0].rate) if stages else common
+        phases.append(Phase("warmup", duration_s=cfg.warmup_s, stream=1, **warm))
     requests = cfg.requests
     if planned is not None:  # the driver's own item count (one pass over its set)
         requests = planned if requests is None else min(requests, planned)
@@ -428,8 +468,20 @@ def _phases(cfg, planned: int | None = None, seed: int | None = None) -> list[Ph
     if duration == "auto":  # scheduled for max_s, ended by the engine once precise enough
         duration = cfg.precision.max_s
         goal = cfg.precision.goal() if requests is None else None  # a count still wins
+    if stages:
+        duration = sum(s.duration_s for s in stages)
+    if trace is not None:
+        duration = None  # the trace's own length
     phases.append(
-        Phase("measure", duration_s=duration, requests=requests, stream=2, precision=goal, **common)
+        Phase(
+            "measure",
+            duration_s=duration,
+            requests=requests,
+            stream=2,
+            precision=goal,
+            stages=stages,
+            **common,
+        )
     )
     return phases
 

@@ -21,11 +21,18 @@ import sys
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from benchflow.sut.servers import ServerProcess, free_port, http_ready
 from drivers.base import ConfigRefused, Driver, DriverError, ServerRecipe, ServiceSettings
 from drivers.calibration.sleep_server import ServiceModel
+
+
+class SleepClass(BaseModel):
+    """A request class of a mix (``mix={fast: 0.8, slow: 0.2}``): its own service time."""
+
+    model_config = ConfigDict(extra="forbid")
+    service_ms: float = Field(..., ge=0)
 
 
 class SleepSettings(ServiceSettings):
@@ -46,6 +53,8 @@ class SleepSettings(ServiceSettings):
     drift_period_s: float | None = Field(None, gt=0, validate_default=True)
     # t0 as a Unix time (null: the server's start), so successive servers share one phase.
     drift_origin: float | None = None
+    # mix classes with a service time of their own (a class not named here: service_ms)
+    classes: dict[str, SleepClass] = Field(default_factory=dict)
 
     @field_validator("drift_period_s")
     @classmethod
@@ -71,6 +80,7 @@ class SleepDriver(Driver):
     family = "calibration"
     description = "a known service time (in process or loopback HTTP) to check accuracy"
     Settings = SleepSettings
+    mix_classes = "any"  # any name; service.classes.<name>.service_ms sets its time
 
     settings: SleepSettings
 
@@ -164,10 +174,11 @@ class SleepDriver(Driver):
             state.close()
 
     def operation(self, ctx) -> int:
+        cls = self.settings.classes.get(ctx.cls) if ctx.cls else None
         if ctx.state is None:
-            self.model.serve()
+            self.model.serve(None if cls is None else cls.service_ms)
             return 1
-        return ctx.state.get(ctx)
+        return ctx.state.get(ctx, "/sleep" if cls is None else f"/sleep?ms={cls.service_ms!r}")
 
     def sut_pids(self) -> list[int]:
         return [self.server.pid] if self.server else []
@@ -213,11 +224,11 @@ class _Conn:
         self.host, self.port, self.timeout_s = host, port, timeout_s
         self.conn: http.client.HTTPConnection | None = None
 
-    def get(self, ctx) -> int:
+    def get(self, ctx, path: str = "/sleep") -> int:
         if self.conn is None:
             self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
         try:
-            self.conn.request("GET", "/sleep")
+            self.conn.request("GET", path)
             resp = self.conn.getresponse()
             ctx.first_byte()
             resp.read()

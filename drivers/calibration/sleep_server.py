@@ -3,7 +3,9 @@
 ``python -m drivers.calibration.sleep_server --port P --service-ms 5``. Threads
 and a precise sleep keep the service time within a few microseconds of the
 target, so what the harness reports above it is the harness's (and loopback
-HTTP's) own cost. Any path but ``/health`` and ``/state`` is a request served.
+HTTP's) own cost. Any path but ``/health`` and ``/state`` is a request served;
+``?ms=X`` gives that request a base service time of its own (a class of a mix),
+to which the modes below apply as to ``--service-ms``.
 
 Two modes make it a server of known behaviour for the harness's own tests:
 
@@ -120,32 +122,32 @@ class ServiceModel:
         self.in_flight = 0
         self.served = 0
 
-    def service_ns(self, t_ns: int) -> int:
-        """The mean service time of a request whose service starts at ``t_ns`` (perf_counter)."""
+    def service_ns(self, t_ns: int, base_ms: float | None = None) -> int:
+        """The mean service time of a request whose service starts at ``t_ns`` (perf_counter);
+        ``base_ms``: the request's own base service time (a class of a mix)."""
+        base = self._base_ns if base_ms is None else base_ms * 1e6
         if not self._amp:
-            return int(self._base_ns)
-        return int(
-            self._base_ns * (1 + self._amp * math.sin(self._omega * (t_ns - self._origin_ns)))
-        )
+            return int(base)
+        return int(base * (1 + self._amp * math.sin(self._omega * (t_ns - self._origin_ns))))
 
-    def _draw_ns(self, t_ns: int) -> int:
+    def _draw_ns(self, t_ns: int, base_ms: float | None = None) -> int:
         """One request's service time (called under the lock: one draw per admission)."""
-        mean = self.service_ns(t_ns)
+        mean = self.service_ns(t_ns, base_ms)
         if self.service_dist == "uniform":
             return int(mean * self._rng.uniform(0.5, 1.5))
         if self.service_dist == "exponential":
             return int(mean * self._rng.expovariate(1.0))
         return mean
 
-    def admit(self) -> int:
+    def admit(self, base_ms: float | None = None) -> int:
         """Admit one request now: its departure time (perf_counter ns)."""
         with self._lock:
             now = time.perf_counter_ns()
             self.in_flight += 1
             if self._free_at is None:
-                return now + self._draw_ns(now)
+                return now + self._draw_ns(now, base_ms)
             start = max(now, self._free_at[0])  # the worker that frees first, FIFO
-            end = start + self._draw_ns(start)
+            end = start + self._draw_ns(start, base_ms)
             heapq.heapreplace(self._free_at, end)
             return end
 
@@ -154,10 +156,10 @@ class ServiceModel:
             self.in_flight -= 1
             self.served += 1
 
-    def serve(self) -> None:
+    def serve(self, base_ms: float | None = None) -> None:
         """One request, start to finish, on the calling thread."""
         try:
-            sleep_until(self.admit())
+            sleep_until(self.admit(base_ms))
         finally:
             self.done()
 
@@ -179,6 +181,20 @@ class ServiceModel:
         }
 
 
+def _ms_of(path: str) -> float | None:
+    """``/sleep?ms=12.5``: this request's base service time (a class of a mix)."""
+    _, _, query = path.partition("?")
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        if key == "ms":
+            try:
+                ms = float(value)
+            except ValueError:
+                return None
+            return ms if ms >= 0 else None
+    return None
+
+
 def make_handler(model: ServiceModel | int):
     """The request handler; ``model`` may be a plain service time in ns (no queue, no drift)."""
     if isinstance(model, int):
@@ -197,7 +213,7 @@ def make_handler(model: ServiceModel | int):
             elif self.path == "/state":
                 body, ctype = json.dumps(model.state()).encode(), "application/json"
             else:
-                model.serve()
+                model.serve(_ms_of(self.path))
                 body = b"slept"
             self.send_response(200)
             self.send_header("Content-Type", ctype)

@@ -1,0 +1,57 @@
+"""Which class each request of a mix belongs to (docs/workloads.md#mixes).
+
+A mix is a set of named request classes with weights (``mix={get: 0.7, put: 0.3}``).
+The engine draws each request's class; the driver decides what a request of that
+class does (``RequestContext.cls``). Draws are a pure function of (seed, stream,
+lane, request index), generated in chunks: open-loop request i of a schedule gets
+the same class in every run (and both sides of a comparison with the same seed
+send the same sequence of classes), and a closed-loop worker (one lane each) its
+own reproducible sequence.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+_CHUNK = 16_384
+_MIX_STREAM = 0x6D6978  # keeps the class draws apart from the schedule's own stream
+
+
+class Mix:
+    """Weighted classes; ``class_of(i, lane)`` is request i's class index."""
+
+    def __init__(self, weights: tuple[tuple[str, float], ...], seed: int, stream: int = 0):
+        if not weights:
+            raise ValueError("a mix needs at least one class")
+        self.names = [name for name, _ in weights]
+        w = np.array([float(x) for _, x in weights])
+        if (w < 0).any() or not w.sum() > 0:
+            raise ValueError(f"mix weights must be >= 0 with a positive sum, got {weights}")
+        self.weights = w / w.sum()
+        self._cdf = np.cumsum(self.weights)
+        self._cdf[-1] = 1.0
+        self._seed, self._stream = int(seed), int(stream)
+        self._cache: dict[tuple[int, int], np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def _chunk(self, lane: int, k: int) -> np.ndarray:
+        rng = np.random.default_rng([self._seed, self._stream, _MIX_STREAM, lane, k])
+        return np.searchsorted(self._cdf, rng.random(_CHUNK), side="right").astype(np.int16)
+
+    def class_of(self, i: int, lane: int = 0) -> int:
+        """The class index of request ``i`` of ``lane``."""
+        k, j = divmod(i, _CHUNK)
+        key = (lane, k)
+        chunk = self._cache.get(key)
+        if chunk is None:
+            with self._lock:
+                chunk = self._cache.get(key)
+                if chunk is None:
+                    chunk = self._chunk(lane, k)
+                    # keep only each lane's current chunk (indices only go forward)
+                    for old in [c for c in self._cache if c[0] == lane]:
+                        del self._cache[old]
+                    self._cache[key] = chunk
+        return int(chunk[j])
