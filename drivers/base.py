@@ -279,6 +279,13 @@ class Driver(ABC):
         return cls.throughput_basis
 
     @classmethod
+    def inactive_keys(cls, settings: ServiceSettings) -> tuple[str, ...]:
+        """Dotted keys under ``service`` that, as set, change nothing measured (a feature
+        left off). They are left out of the trial's params and hashes, so a setting a
+        driver gains does not change the identity of trials run before it existed."""
+        return ()
+
+    @classmethod
     def mix_classes_for(cls, settings: ServiceSettings) -> tuple[str, ...] | Literal["any"]:
         """The classes a mix may name with these settings (default: ``mix_classes``)."""
         return cls.mix_classes

@@ -107,6 +107,9 @@ def _validate(
     for key in _inactive_workload(bench):  # as before these keys existed: same hashes
         resolved.pop(key, None)
         resolved_text.pop(key, None)
+    for dotted in driver_cls.inactive_keys(service):
+        for tree in (resolved, resolved_text):
+            _drop(tree.get("service", {}), dotted.split("."))
     if bench.stages is not None:  # every stage whole: an omitted `ramp` is `ramp: false`
         resolved["stages"] = canonical([st.model_dump() for st in bench.stages])
     spec = TrialSpec(bench, service, driver_cls, resolved, tuple(overrides), target, resolved_text)
@@ -167,6 +170,15 @@ def _check_workload(bench: BenchConfig, service: BaseModel, driver_cls) -> None:
                     bench.mix[unknown[0]],
                     f"unknown class of service {service.name!r}; allowed: {', '.join(allowed)}",
                 )
+
+
+def _drop(tree: dict, path: list[str]) -> None:
+    """Remove ``tree[path[0]][path[1]]...`` where it exists."""
+    for part in path[:-1]:
+        tree = tree.get(part)
+        if not isinstance(tree, dict):
+            return
+    tree.pop(path[-1], None)
 
 
 def _inactive_workload(bench: BenchConfig) -> list[str]:

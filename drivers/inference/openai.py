@@ -20,6 +20,20 @@ tokenizer when one is local (``service.tokenizer``), else as content chunks;
 the result's ``notes`` say which, and ``extra.tokens.by_*`` how many requests
 each method counted.
 
+Workload shapes (docs/drivers.md, "Workload shapes for LLM servers"):
+
+- a trace (``trace.path=``): each request's prompt is built from its record's
+  ``hash_ids`` (``prompts.block_tokens`` words a block; requests sharing leading
+  blocks share byte-identical prefixes) cut to its ``input_length``, and asks for
+  its ``output_length`` tokens;
+- a mix (``mix={chat: 0.8, summarize: 0.2}``): ``classes.<name>`` may set the class's
+  ``model`` (or LoRA adapter), ``api``, ``input_tokens`` and ``max_tokens``;
+- ``prompts.input_dist``/``output_dist``: lengths drawn per prompt from the trial's
+  seed (fixed, uniform, normal, lognormal, empirical); ``extra.lengths.*`` sums them up;
+- ``sessions.turns``: one request is a conversation whose turns resend the history
+  (``drivers/inference/sessions.py``), with ``distributions.turn<k>.ttft``; where the
+  server says how many prompt tokens it found cached, ``extra.prefix_cache.hit_rate``.
+
 Errors by class: ``http_<status>``, ``timeout``, ``connection_refused``,
 ``connection_lost``, ``truncated`` (the stream ended before its end: no
 ``[DONE]``/finish reason, or ``stop`` before ``max_tokens`` with ``ignore_eos``),
@@ -29,6 +43,8 @@ Errors by class: ``http_<status>``, ``timeout``, ``connection_refused``,
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import itertools
 import json
 import logging
@@ -36,18 +52,25 @@ import os
 import time
 import urllib.error
 import urllib.request
+import zlib
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from benchflow.sut.servers import free_port
+from benchflow.workload.lengths import LengthConfig, LengthSampler
+from benchflow.workload.lengths import summarize as summarize_lengths
+from benchflow.workload.prompts import prompt_for, synthetic_prompt
 from drivers.base import ConfigRefused, Driver, DriverError, ServiceSettings
 from drivers.inference import launchers, prompts
 from drivers.inference.launchers import ContainerSettings
 from drivers.inference.server_metrics import MetricsWatch
+from drivers.inference.sessions import Groups, SessionSettings, history_text
 
 log = logging.getLogger("benchflow.drivers.openai")
 pc = time.perf_counter_ns
@@ -80,6 +103,25 @@ class PromptSettings(_Strict):
     output_len: Literal["max_tokens", "dataset"] = Field(
         "max_tokens", description="dataset: ask for the reference answer's length"
     )
+    input_dist: LengthConfig | None = Field(
+        None, description="synthetic input lengths (null: input_tokens and range_ratio)"
+    )
+    output_dist: LengthConfig | None = Field(
+        None, description="synthetic max_tokens per prompt (null: max_tokens and range_ratio)"
+    )
+    block_tokens: int = Field(
+        512, ge=1, description="trace replay: words per hash block (Mooncake's: 512)"
+    )
+
+
+class ClassSettings(_Strict):
+    """A request class of a mix (``mix={chat: 0.8, summarize: 0.2}``); unset keys: the
+    service's own."""
+
+    model: str | None = Field(None, description="the model (or LoRA adapter) name sent")
+    input_tokens: int | None = Field(None, ge=1, description="synthetic prompt length (mean)")
+    max_tokens: int | None = Field(None, ge=1)
+    api: Literal["completions", "chat"] | None = None
 
 
 class OpenAISettings(ServiceSettings):
@@ -101,6 +143,8 @@ class OpenAISettings(ServiceSettings):
     tokenizer: str | None = "auto"
     prompts: PromptSettings = Field(default_factory=PromptSettings)
     slo: SloSettings = Field(default_factory=SloSettings)
+    classes: dict[str, ClassSettings] = Field(default_factory=dict)
+    sessions: SessionSettings = Field(default_factory=SessionSettings)
     api_key: str | None = None
     health_path: str = "/health"
     metrics: bool = Field(False, description="scrape the server's Prometheus /metrics")
@@ -116,6 +160,32 @@ class _Worker:
     session: aiohttp.ClientSession
 
 
+@dataclass
+class _Plan:
+    """How requests of one class (or of no class) are made."""
+
+    model: str
+    api: str
+    max_tokens: int  # a trace request without an output length asks for this many
+    pool: list[prompts.Prompt]
+    counter: Any = None  # itertools.count over the pool (rebuilt in client processes)
+
+    @property
+    def path(self) -> str:
+        return "/v1/chat/completions" if self.api == "chat" else "/v1/completions"
+
+
+@functools.lru_cache(maxsize=8192)
+def trace_text(hash_ids: tuple[int, ...], total: int | None, block_tokens: int, seed: int) -> str:
+    """A trace request's prompt: its blocks' text (shared blocks: byte-identical prefixes).
+
+    Cached: a trace's requests share blocks and often whole ``hash_ids``, so the text
+    is joined once per distinct request, not per replay (and a warm-up replays the
+    trace's start again).
+    """
+    return prompt_for(hash_ids, block_tokens=block_tokens, seed=seed, total_tokens=total)
+
+
 class OpenAIDriver(Driver):
     name = "openai"
     family = "inference"
@@ -125,8 +195,24 @@ class OpenAIDriver(Driver):
     size_unit = "tokens"
     throughput_basis = "size"
     client_library = "aiohttp"
+    # any name; service.classes.<name> may give it its own model, api and lengths
+    mix_classes = "any"
 
     settings: OpenAISettings
+
+    @classmethod
+    def inactive_keys(cls, settings) -> tuple[str, ...]:
+        """The workload-shape settings left at "off" (see ``Driver.inactive_keys``)."""
+        p, out = settings.prompts, []
+        if p.input_dist is None:
+            out.append("prompts.input_dist")
+        if p.output_dist is None:
+            out.append("prompts.output_dist")
+        if p.block_tokens == PromptSettings.model_fields["block_tokens"].default:
+            out.append("prompts.block_tokens")
+        if settings.sessions == SessionSettings():
+            out.append("sessions")
+        return tuple(out)
 
     @classmethod
     def check(cls, settings: OpenAISettings, run) -> None:
@@ -141,6 +227,15 @@ class OpenAIDriver(Driver):
         if run.batch > 1 and s.api == "chat":
             raise ConfigRefused(
                 "batch", run.batch, "api=chat takes one conversation per request; use batch=1"
+            )
+        for name, c in s.classes.items():
+            if run.batch > 1 and c.api == "chat":
+                raise ConfigRefused(
+                    f"service.classes.{name}.api", "chat", "one conversation per request: batch=1"
+                )
+        if run.batch > 1 and s.sessions.active:
+            raise ConfigRefused(
+                "batch", run.batch, "service.sessions: one conversation per request; use batch=1"
             )
         if run.batch > 1 and not s.prompt_lists:
             raise ConfigRefused(
@@ -170,7 +265,10 @@ class OpenAIDriver(Driver):
         self.tokenizer: prompts.Tokenizer | None = None
         self._tokenizer_from: str | None = None  # what loaded it (client processes reload)
         self.method = "chunks"
-        self._counter = itertools.count()
+        self._plan: _Plan | None = None  # requests without a class (or of an unlisted one)
+        self._plans: dict[str, _Plan] = {}  # service.classes
+        self._groups: Groups | None = None
+        self._sessions = itertools.count()
         self._watch: MetricsWatch | None = None
         self._reset_counters()
 
@@ -209,29 +307,63 @@ class OpenAIDriver(Driver):
             self.tokenizer = prompts.load_tokenizer(s.tokenizer, tokenizer_hint)
             self._tokenizer_from = tokenizer_hint
             self.pool = self._prompts()
+            self._plan = _Plan(s.model, s.api, s.max_tokens, self.pool, itertools.count())
+            for name, c in s.classes.items():
+                pool = self.pool
+                if c.input_tokens is not None or c.max_tokens is not None:
+                    # A pool of its own where its lengths differ, seeded apart (by
+                    # its name) so that two classes' prompts differ too.
+                    salt = zlib.crc32(name.encode())
+                    pool = self._prompts(c.input_tokens, c.max_tokens, salt)
+                self._plans[name] = _Plan(
+                    c.model or s.model,
+                    c.api or s.api,
+                    c.max_tokens or s.max_tokens,
+                    pool,
+                    itertools.count(),
+                )
+            if s.sessions.shared_prefix_groups:
+                self._groups = Groups(s.sessions, self.trial.run.seed)
             fig["prompts"] = len(self.pool)
             fig["input_tokens_mean"] = sum(p.input_tokens for p in self.pool) / len(self.pool)
+        self._record_lengths()
         self.method = self._probe_method()
         self.trial.notes.append(f"output tokens counted from: {self.method}")
         if not s.stream:
             self.trial.notes.append("not streamed: no TTFT or inter-token figures")
 
-    def _prompts(self) -> list[prompts.Prompt]:
+    def _prompts(
+        self, input_tokens: int | None = None, max_tokens: int | None = None, salt: int = 0
+    ) -> list[prompts.Prompt]:
+        """The prompt pool; ``input_tokens``/``max_tokens``: a class's own means."""
         s, p = self.settings, self.settings.prompts
-        seed = self.trial.run.seed
+        seed = self.trial.run.seed + salt
+        n_out = max_tokens or s.max_tokens
         if p.source == "dataset":
-            return prompts.dataset(
-                p.path, p.count, s.max_tokens, p.output_len, seed, self.tokenizer
-            )
+            return prompts.dataset(p.path, p.count, n_out, p.output_len, seed, self.tokenizer)
         return prompts.synthetic(
             p.count,
-            p.input_tokens,
-            s.max_tokens,
+            input_tokens or p.input_tokens,
+            n_out,
             p.range_ratio,
             p.prefix_tokens,
             seed,
             self.tokenizer,
+            in_lengths=_draw(p.input_dist, input_tokens, seed, 0, p.count),
+            out_lengths=_draw(p.output_dist, max_tokens, seed, 1, p.count),
         )
+
+    def _record_lengths(self) -> None:
+        """The pool's lengths, as drawn, in ``extra.lengths.{input,output}.*`` (replaced
+        in :meth:`measure_end` by the lengths requests asked for, where this process
+        sent them: with ``clients > 1`` the client processes did)."""
+        for key, values in (
+            ("input", [q.input_tokens for q in self.pool]),
+            ("output", [q.output_tokens for q in self.pool]),
+        ):
+            for stat, v in summarize_lengths(np.array(values)).items():
+                if v is not None:
+                    self.trial.extra[f"lengths.{key}.{stat}"] = float(v)
 
     def _get(self, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
         req = urllib.request.Request(self.base_url + path, headers=self._headers())
@@ -269,19 +401,24 @@ class OpenAIDriver(Driver):
             served = [m["id"] for m in json.loads(body)["data"]]
         except (ValueError, KeyError, TypeError):
             return
-        if self.settings.model not in served:
-            raise DriverError(
-                f"service.model = {self.settings.model!r} is not served at {self.base_url}; "
-                f"it serves: {', '.join(served) or '(nothing)'}",
-                "unknown_model",
-            )
+        asked = {"service.model": self.settings.model}
+        for name, c in self.settings.classes.items():
+            if c.model is not None:
+                asked[f"service.classes.{name}.model"] = c.model
+        for key, model in asked.items():
+            if model not in served:
+                raise DriverError(
+                    f"{key} = {model!r} is not served at {self.base_url}; "
+                    f"it serves: {', '.join(served) or '(nothing)'}",
+                    "unknown_model",
+                )
 
     def _probe_method(self) -> str:
         """Which counting method this server allows: one tiny request decides."""
         s = self.settings
         body = self._body(self.pool[:1], max_tokens=2)
         req = urllib.request.Request(
-            self.base_url + self._path(),
+            self.base_url + self._plan.path,
             data=json.dumps(body).encode(),
             headers={**self._headers(), "Content-Type": "application/json"},
         )
@@ -305,14 +442,25 @@ class OpenAIDriver(Driver):
         key = self.settings.api_key
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def _path(self) -> str:
-        return "/v1/chat/completions" if self.settings.api == "chat" else "/v1/completions"
-
-    def _body(self, group: list[prompts.Prompt], max_tokens: int | None = None) -> dict:
+    def _body(
+        self,
+        group: list[prompts.Prompt],
+        max_tokens: int | None = None,
+        plan: _Plan | None = None,
+        messages: list[dict] | None = None,
+    ) -> dict:
+        """The request's JSON; ``max_tokens`` set: a probe (no ignore_eos); ``messages``:
+        a conversation's history (sessions)."""
         s = self.settings
+        plan = plan or self._plan
         n = max_tokens or max(p.output_tokens for p in group)
-        body: dict[str, Any] = {"model": s.model, "max_tokens": n, "stream": s.stream}
-        if s.api == "chat":
+        body: dict[str, Any] = {"model": plan.model, "max_tokens": n, "stream": s.stream}
+        if messages is not None:
+            if plan.api == "chat":
+                body["messages"] = messages
+            else:
+                body["prompt"] = history_text(messages)
+        elif plan.api == "chat":
             p = group[0]
             body["messages"] = list(p.messages or ({"role": "user", "content": p.text},))
         else:
@@ -329,10 +477,25 @@ class OpenAIDriver(Driver):
         body.update(s.extra_body)
         return body
 
-    def _take(self) -> list[prompts.Prompt]:
-        b, pool = self.trial.run.batch, self.pool
-        i = next(self._counter) * b
+    def _take(self, plan: _Plan, b: int | None = None) -> list[prompts.Prompt]:
+        b, pool = b or self.trial.run.batch, plan.pool
+        i = next(plan.counter) * b
         return [pool[(i + k) % len(pool)] for k in range(b)]
+
+    def _trace_prompt(self, item, plan: _Plan) -> prompts.Prompt:
+        """A trace request's prompt: its hash blocks' text cut to its input length (or
+        text of its own of that length), asking for its output length."""
+        s = self.settings
+        n_out = plan.max_tokens if item.output_length is None else max(1, item.output_length)
+        seed = self.trial.run.seed
+        if item.hash_ids:
+            text = trace_text(item.hash_ids, item.input_length, s.prompts.block_tokens, seed)
+        elif item.input_length:
+            # unique to this request: nothing to cache (a few µs per 100 words)
+            text = synthetic_prompt(item.index, item.input_length, seed)
+        else:  # the trace gives no input: the pool's next prompt
+            return dataclasses.replace(self._take(plan, 1)[0], output_tokens=n_out)
+        return prompts.Prompt(text, None, len(text.split()), n_out)
 
     async def open_worker(self, worker: int) -> _Worker:
         s = self.settings
@@ -348,29 +511,18 @@ class OpenAIDriver(Driver):
 
     async def operation(self, ctx) -> int:
         s = self.settings
-        group = self._take()
-        body = self._body(group)
+        plan = self._plans.get(ctx.cls, self._plan) if ctx.cls else self._plan
+        group = [self._trace_prompt(ctx.item, plan)] if ctx.item is not None else self._take(plan)
+        for p in group:  # the lengths asked for, summarized in measure_end
+            self._sent_in.append(p.input_tokens)
+            self._sent_out.append(p.output_tokens)
+        if s.sessions.active:
+            return await self._session(ctx, plan, group[0])
+        body = self._body(group, plan=plan)
         sent = pc()
-        async with ctx.state.session.post(
-            self.base_url + self._path(), json=body, headers=self._headers()
-        ) as resp:
-            if resp.status != 200:
-                detail = (await resp.read())[:300].decode(errors="replace")
-                raise DriverError(f"HTTP {resp.status}: {detail}", f"http_{resp.status}")
-            if s.stream:
-                tokens, first, last, texts, usage = await self._read_stream(
-                    resp, ctx, len(group), body["max_tokens"]
-                )
-            else:
-                tokens, first, last, texts, usage = await self._read_whole(resp)
+        n_out, first, last, _ = await self._exchange(ctx, plan, body, len(group))
         end = pc()
-        n_out = self._count(tokens, texts, usage)
-        if usage and usage.get("prompt_tokens"):
-            self._in_tokens += int(usage["prompt_tokens"])
-        per_choice = n_out / len(group)
-        tpot = (last - first) / (per_choice - 1) if first and per_choice > 1 else None
-        if tpot is not None:
-            ctx.observe("tpot", int(tpot))
+        tpot = self._tpot(ctx, n_out / len(group), first, last)
         intended = ctx.intended_ns or sent
         if first:
             ctx.observe("ttft", first - intended)
@@ -378,15 +530,95 @@ class OpenAIDriver(Driver):
             ctx.observe("slo_met", end - intended)
         return n_out
 
-    async def _read_stream(self, resp, ctx, n_choices: int, max_tokens: int):
+    async def _session(self, ctx, plan: _Plan, opening: prompts.Prompt) -> int:
+        """One conversation of ``sessions.turns`` turns, each resending the history
+        (sessions.py). TTFT per turn is ``turn<k>.ttft`` (turn 1 from the session's
+        intended start, later turns from their send); ``ttft`` is turn 1's, the
+        request's latency the whole session's, think times included."""
+        s = self.settings
+        n_turns = s.sessions.turns
+        messages: list[dict] = []
+        group = self._groups.of(next(self._sessions)) if self._groups else None
+        if group is not None:
+            messages.append({"role": "system", "content": self._groups.texts[group]})
+        total = ttft_first = 0
+        tpot = None
+        for k in range(1, n_turns + 1):
+            prompt = opening if k == 1 else self._take(plan, 1)[0]
+            messages.append({"role": "user", "content": prompt.text})
+            body = self._body([prompt], plan=plan, messages=list(messages))
+            sent = pc()
+            n_out, first, last, texts = await self._exchange(ctx, plan, body, 1)
+            start = (ctx.intended_ns or sent) if k == 1 else sent
+            if first:
+                ctx.observe(f"turn{k}.ttft", first - start)
+                if k == 1:
+                    ttft_first = first
+                    ctx.observe("ttft", first - start)
+            turn_tpot = self._tpot(ctx, n_out, first, last)
+            tpot = turn_tpot if k == 1 else tpot
+            total += n_out
+            messages.append({"role": "assistant", "content": "".join(texts[0]) if texts else ""})
+            if k < n_turns and s.sessions.think_s:
+                await asyncio.sleep(s.sessions.think_s)
+        end = pc()
+        intended = ctx.intended_ns or end
+        if s.slo.any() and self._meets_slo(ttft_first, tpot, end, intended):
+            ctx.observe("slo_met", end - intended)
+        return total
+
+    def _tpot(self, ctx, per_choice: float, first: int, last: int) -> float | None:
+        tpot = (last - first) / (per_choice - 1) if first and per_choice > 1 else None
+        if tpot is not None:
+            ctx.observe("tpot", int(tpot))
+        return tpot
+
+    async def _exchange(self, ctx, plan: _Plan, body: dict, n_choices: int):
+        """POST one request and read its answer: (output tokens, first and last token
+        times, texts per choice); counts input and prefix-cached tokens."""
+        s = self.settings
+        async with ctx.state.session.post(
+            self.base_url + plan.path, json=body, headers=self._headers()
+        ) as resp:
+            if resp.status != 200:
+                detail = (await resp.read())[:300].decode(errors="replace")
+                raise DriverError(f"HTTP {resp.status}: {detail}", f"http_{resp.status}")
+            if s.stream:
+                tokens, first, last, texts, usage, timings = await self._read_stream(
+                    resp, ctx, n_choices, body["max_tokens"], plan.api
+                )
+            else:
+                tokens, first, last, texts, usage, timings = await self._read_whole(resp, plan.api)
+        n_out = self._count(tokens, texts, usage)
+        if usage and usage.get("prompt_tokens"):
+            self._in_tokens += int(usage["prompt_tokens"])
+        self._count_cached(usage, timings)
+        return n_out, first, last, texts
+
+    def _count_cached(self, usage: dict | None, timings: dict | None) -> None:
+        """Prompt tokens the server found in its prefix cache, where it says: OpenAI's
+        and vLLM's ``usage.prompt_tokens_details.cached_tokens``, llama.cpp's
+        ``timings.cache_n`` (next to ``prompt_n``, the tokens it computed)."""
+        details = (usage or {}).get("prompt_tokens_details") or {}
+        if details.get("cached_tokens") is not None and usage.get("prompt_tokens"):
+            self._cache["cached"] += int(details["cached_tokens"])
+            self._cache["prompt"] += int(usage["prompt_tokens"])
+            self._cache["requests"] += 1
+        elif timings and timings.get("cache_n") is not None:
+            cached = int(timings["cache_n"])
+            self._cache["cached"] += cached
+            self._cache["prompt"] += cached + int(timings.get("prompt_n") or 0)
+            self._cache["requests"] += 1
+
+    async def _read_stream(self, resp, ctx, n_choices: int, max_tokens: int, api: str):
         """Read SSE lines; timestamps are taken as each line arrives, before parsing."""
-        chat = self.settings.api == "chat"
+        chat = api == "chat"
         first = last = 0
         prev = [0] * n_choices
         chunks = [0] * n_choices
         finish: list[str | None] = [None] * n_choices
         texts: list[list[str]] = [[] for _ in range(n_choices)]
-        usage = None
+        usage = timings = None
         done = False
         observe = ctx.observe
         try:
@@ -408,6 +640,8 @@ class OpenAIDriver(Driver):
                     raise DriverError(f"error in stream: {obj['error']!r:.300}", "stream_error")
                 if obj.get("usage"):
                     usage = obj["usage"]
+                if obj.get("timings"):
+                    timings = obj["timings"]
                 for ch in obj.get("choices") or ():
                     i = ch.get("index", 0)
                     if i >= n_choices:
@@ -441,20 +675,21 @@ class OpenAIDriver(Driver):
             raise DriverError(
                 f"stopped before max_tokens={max_tokens} although ignore_eos is set", "truncated"
             )
-        return chunks, first, last, texts, usage
+        return chunks, first, last, texts, usage, timings
 
-    async def _read_whole(self, resp):
+    async def _read_whole(self, resp, api: str):
         try:
             obj = await resp.json(content_type=None)
         except (ValueError, aiohttp.ContentTypeError) as exc:
             raise DriverError(f"response is not JSON: {exc}", "bad_response") from None
-        chat = self.settings.api == "chat"
+        chat = api == "chat"
         choices = obj.get("choices") or []
         texts = [
             [(c.get("message") or {}).get("content") or "" if chat else c.get("text") or ""]
             for c in choices
         ]
-        return [1 if t[0] else 0 for t in texts], 0, 0, texts, obj.get("usage")
+        counts = [1 if t[0] else 0 for t in texts]
+        return counts, 0, 0, texts, obj.get("usage"), obj.get("timings")
 
     def _count(self, chunks: list[int], texts: list[list[str]], usage: dict | None) -> int:
         if usage and usage.get("completion_tokens") is not None:
@@ -493,6 +728,8 @@ class OpenAIDriver(Driver):
     def _reset_counters(self) -> None:
         self._by = {"usage": 0, "tokenizer": 0, "chunks": 0}
         self._in_tokens = 0
+        self._cache = {"cached": 0, "prompt": 0, "requests": 0}
+        self._sent_in, self._sent_out = array("q"), array("q")
 
     def measure_start(self) -> None:
         self._reset_counters()
@@ -510,6 +747,14 @@ class OpenAIDriver(Driver):
             out.update({f"tokens.by_{k}": float(v) for k, v in self._by.items() if v})
             if self._in_tokens:
                 out["tokens.input_per_request"] = self._in_tokens / counted
+        if self._sent_in:  # what this process sent (a trace's lengths), not the pool's
+            for key, values in (("input", self._sent_in), ("output", self._sent_out)):
+                for stat, v in summarize_lengths(np.asarray(values)).items():
+                    out[f"lengths.{key}.{stat}"] = float(v)
+        c = self._cache
+        if c["requests"] and c["prompt"]:  # the server says what its prefix cache held
+            out["prefix_cache.hit_rate"] = c["cached"] / c["prompt"]
+            out["prefix_cache.cached_tokens_per_request"] = c["cached"] / c["requests"]
         if self._watch is not None:
             out.update(self._watch.stop())
             self._watch = None
@@ -542,7 +787,7 @@ class OpenAIDriver(Driver):
         state = dict(self.__dict__)
         state["server"] = None
         state["_watch"] = None
-        state["_counter"] = None
+        state["_sessions"] = None
         state["tokenizer"] = None  # native objects do not pickle: reloaded below
         return state
 
@@ -550,5 +795,20 @@ class OpenAIDriver(Driver):
         self.__dict__.update(state)
         if self.method == "tokenizer":
             self.tokenizer = prompts.load_tokenizer(self.settings.tokenizer, self._tokenizer_from)
-        # Each client process starts at a different point of the prompt pool.
-        self._counter = itertools.count((os.getpid() * 7919) % max(1, len(self.pool)))
+        # Each client process starts at a different point of the prompt pools.
+        for plan in [self._plan, *self._plans.values()]:
+            if plan is not None:
+                plan.counter = itertools.count((os.getpid() * 7919) % max(1, len(plan.pool)))
+        self._sessions = itertools.count((os.getpid() * 7919) % 1_000_003)
+
+
+def _draw(
+    dist: LengthConfig | None, mean: int | None, seed: int, stream: int, n: int
+) -> np.ndarray | None:
+    """``n`` lengths by ``dist`` (None: none; the caller's default), its mean replaced
+    by a class's ``mean`` where it has one; at least 1 (a server takes no empty ask)."""
+    if dist is None:
+        return None
+    if mean is not None and dist.distribution != "empirical":
+        dist = dist.model_copy(update={"mean": float(mean)})
+    return np.maximum(LengthSampler(dist, seed, stream).take(n), 1)

@@ -160,11 +160,21 @@ def synthetic(
     prefix_tokens: int,
     seed: int,
     tokenizer: Tokenizer | None,
+    *,
+    in_lengths: np.ndarray | None = None,
+    out_lengths: np.ndarray | None = None,
 ) -> list[Prompt]:
-    """``n`` prompts of random words with controlled input and output lengths."""
+    """``n`` prompts of random words with controlled input and output lengths.
+
+    Lengths are uniform on ``[n(1-r), n(1+r)]`` (``range_ratio``), unless
+    ``in_lengths``/``out_lengths`` give them (``n`` lengths drawn elsewhere, e.g. by a
+    :class:`~benchflow.workload.lengths.LengthSampler`).
+    """
     rng = np.random.default_rng([seed, 0x5EED])
-    ins = _lengths(rng, input_tokens, range_ratio, n)
-    outs = _lengths(rng, output_tokens, range_ratio, n)
+    # Drawn in this order from this generator as before lengths could be given, so
+    # the default settings still give the very same prompts.
+    ins = _lengths(rng, input_tokens, range_ratio, n) if in_lengths is None else in_lengths
+    outs = _lengths(rng, output_tokens, range_ratio, n) if out_lengths is None else out_lengths
     prefix = _fit(_words(rng, prefix_tokens + 8), prefix_tokens, tokenizer) if prefix_tokens else ""
     out = []
     for i in range(n):
