@@ -320,6 +320,17 @@ class Driver(ABC):
     def setup(self) -> None:  # noqa: B027 - optional hook
         """Start/prepare the SUT and its data. Time phases with ``self.trial.phase(name)``."""
 
+    def server_sample(self) -> dict[str, float]:
+        """The SUT's own figures now — requests queued or running, cache use — read by
+        the monitor every ``monitor.interval_s`` from its own thread (keep it cheap and
+        thread-safe). Written to ``server.csv`` and logged as ``server/<name>`` series
+        on the time axis of ``timeseries/*`` and ``system/*``. Default: none."""
+        return {}
+
+    def samples_server(self) -> bool:
+        """Whether this driver has :meth:`server_sample` figures to give."""
+        return type(self).server_sample is not Driver.server_sample
+
     def open_worker(self, worker: int) -> Any:
         """Per-worker state (e.g. a connection), passed to operation() as ``ctx.state``."""
         return None

@@ -115,6 +115,18 @@ def test_stages_on_the_sleep_server_reach_each_stage_rate(workdir):
     assert m["stages"]["1"]["latency_ms"]["count"] == 1200
     assert m["latency_ms"]["count"] == 1650
     assert m["validity"]["valid"], m["validity"]
+    # the server's side on the same time axis: the sleep server's /state, each interval
+    from pathlib import Path
+
+    from benchflow.results.files import read_csv
+    from benchflow.tracking.upload import series_metrics
+
+    trial = Path(m["_dir"])
+    rows = read_csv(trial / "server.csv")
+    served = [float(r["served"]) for r in rows if r["served"]]
+    assert len(served) >= 8 and served == sorted(served) and served[-1] >= 1650
+    names = {x.key for x in series_metrics(trial, workdir.meta(trial))}
+    assert {"server/in_flight", "server/served", "timeseries/throughput"} <= names
 
 
 def test_a_mix_on_the_sleep_server_reports_each_class_at_its_own_service_time(workdir):

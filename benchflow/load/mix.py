@@ -33,25 +33,22 @@ class Mix:
         self._cdf = np.cumsum(self.weights)
         self._cdf[-1] = 1.0
         self._seed, self._stream = int(seed), int(stream)
-        self._cache: dict[tuple[int, int], np.ndarray] = {}
+        # per lane: (chunk number, its classes as Python ints) — on the hot path
+        self._current: dict[int, tuple[int, list[int]]] = {}
         self._lock = threading.Lock()
 
-    def _chunk(self, lane: int, k: int) -> np.ndarray:
+    def _chunk(self, lane: int, k: int) -> list[int]:
         rng = np.random.default_rng([self._seed, self._stream, _MIX_STREAM, lane, k])
-        return np.searchsorted(self._cdf, rng.random(_CHUNK), side="right").astype(np.int16)
+        return np.searchsorted(self._cdf, rng.random(_CHUNK), side="right").tolist()
 
     def class_of(self, i: int, lane: int = 0) -> int:
         """The class index of request ``i`` of ``lane``."""
         k, j = divmod(i, _CHUNK)
-        key = (lane, k)
-        chunk = self._cache.get(key)
-        if chunk is None:
+        cur = self._current.get(lane)
+        if cur is None or cur[0] != k:
+            # Indices only go forward (threads of one lane may interleave at a chunk's
+            # edge: a chunk drawn twice is the same chunk, the draw is a pure function).
             with self._lock:
-                chunk = self._cache.get(key)
-                if chunk is None:
-                    chunk = self._chunk(lane, k)
-                    # keep only each lane's current chunk (indices only go forward)
-                    for old in [c for c in self._cache if c[0] == lane]:
-                        del self._cache[old]
-                    self._cache[key] = chunk
-        return int(chunk[j])
+                cur = (k, self._chunk(lane, k))
+                self._current[lane] = cur
+        return cur[1][j]

@@ -189,6 +189,7 @@ def build(
         rules,
         [*invalid_reasons, *stage_reasons],
         few_samples_invalid=not quality_headline,
+        judge_trend=not cfg.stages,  # stages change the load on purpose
     )
     shortfall = too_few_samples(result.latency_ms.count)
     if quality_headline and shortfall:
@@ -368,7 +369,12 @@ def clock_problem(result: TrialResult, rules) -> str | None:
 
 
 def judge(
-    result: TrialResult, rec: Recording, rules, driver_reasons=(), few_samples_invalid: bool = True
+    result: TrialResult,
+    rec: Recording,
+    rules,
+    driver_reasons=(),
+    few_samples_invalid: bool = True,
+    judge_trend: bool = True,
 ) -> Validity:
     """The reasons a result should not be trusted (none: valid).
 
@@ -408,7 +414,7 @@ def judge(
         reasons.append(why)
     if why := steady.saturation_reason(load):
         reasons.append(why)
-    if getattr(load, "trend", None) is not None:
+    if judge_trend and getattr(load, "trend", None) is not None:
         reasons += steady.trend_problems(load.trend, rules)
     if why := precision_problem(getattr(load, "precision", None)):
         reasons.append(why)

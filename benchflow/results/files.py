@@ -81,6 +81,13 @@ def write_result_files(
         [{"t": s.t, "second": s.t - window_start, **s.values} for s in samples],
         ["t", "second", *FIELDS],
     )
+    server_keys = sorted({k for s in samples for k in s.server})
+    if server_keys:  # the SUT's own series (Driver.server_sample), same time axis
+        write_csv(
+            trial_dir / "server.csv",
+            [{"t": s.t, "second": s.t - window_start, **s.server} for s in samples],
+            ["t", "second", *server_keys],
+        )
     write_json(trial_dir / "histograms.json", {k: h.to_dict() for k, h in rec.hist.items()})
 
 

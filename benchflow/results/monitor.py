@@ -106,6 +106,8 @@ class _Gpus:
 class Sample:
     t: float  # wall clock, seconds since the epoch
     values: dict[str, float | None] = field(default_factory=dict)
+    # the SUT's own figures (the driver's server_sample(): queue length, cache use)
+    server: dict[str, float] = field(default_factory=dict)
 
 
 class Monitor:
@@ -117,8 +119,10 @@ class Monitor:
         sut_pids: Callable[[], list[int]] | None = None,
         harness_pids: Callable[[], list[int]] | None = None,
         gpu: bool = True,
+        server: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         self.interval_s = interval_s
+        self._server = server
         me = os.getpid()
         self._sut = _Tree(lambda: (sut_pids() if sut_pids else []) or [me])
         self._harness = _Tree(harness_pids or (lambda: [me]))
@@ -153,6 +157,12 @@ class Monitor:
         sut_cpu, sut_rss = self._sut.sample(dt, self.ncpu)
         h_cpu, h_rss = self._harness.sample(dt, self.ncpu)
         g_util, g_mem = self._gpus.sample() if self._gpus else (None, None)
+        server: dict[str, float] = {}
+        if self._server is not None:
+            try:
+                server = {k: float(v) for k, v in self._server().items() if v is not None}
+            except Exception as exc:  # a SUT that does not answer now: a gap in its series
+                log.debug("server sample failed: %s", exc)
         self.samples.append(
             Sample(
                 time.time(),
@@ -166,6 +176,7 @@ class Monitor:
                     "gpu.util": g_util,
                     "gpu.mem_mb": g_mem,
                 },
+                server,
             )
         )
 

@@ -350,6 +350,7 @@ def _measure(spec: TrialSpec, trial_id: str, trial_dir: Path, meta: dict):
             sut_pids=driver.sut_pids if sut_pids else None,
             harness_pids=lambda: [os.getpid()],
             gpu=cfg.monitor.gpu,
+            server=driver.server_sample if driver.samples_server() else None,
         ).start()
         phases = _phases(cfg, driver.planned_requests(), spec.seed_for(meta["repetition"]))
         measure_idx = len(phases) - 1

@@ -307,12 +307,14 @@ def series_metrics(trial_dir: Path, meta: dict):
             for k, v in row.items():
                 if k != "second" and v not in ("", None):
                     out.append(Metric(f"timeseries/{k}", float(v), base_ms + step * 1000, step))
-    sysf = trial_dir / "system.csv"
-    if sysf.exists():
-        for row in read_csv(sysf):
+    for name, prefix in (("system.csv", "system"), ("server.csv", "server")):
+        path = trial_dir / name
+        if not path.exists():
+            continue
+        for row in read_csv(path):
             step = round(float(row["second"]))
             t_ms = int(float(row["t"]) * 1000)
             for k, v in row.items():
                 if k not in ("t", "second") and v not in ("", None):
-                    out.append(Metric(f"system/{k}", float(v), t_ms, step))
+                    out.append(Metric(f"{prefix}/{k}", float(v), t_ms, step))
     return out

@@ -86,7 +86,7 @@ YCSB_ITEM_COUNT = 10_000_000_000
 _U64 = 1 << 64  # seeds are taken modulo 2^64: numpy's seeding refuses negative numbers
 _SEED_TAG = 0x6B657973  # "keys": keeps this stream apart from other users of the seed
 _CHUNK = 65_536
-_NEXT_BLOCK = 512  # next() converts this many uniforms at a time (grow() redoes the rest)
+_NEXT_BLOCK = 4096  # next() converts this many uniforms at a time (grow() redoes the rest)
 _HEAD = 1 << 16  # exact cumulative table of the first ranks
 _EM_TERMS = 10_000
 
@@ -336,6 +336,7 @@ class KeyChooser:
         self._upos = 0
         self._block_u = np.empty(0)  # next()'s converted block: its uniforms and keys
         self._block = np.empty(0, dtype=np.int64)
+        self._blist: list[int] = []  # the same keys as Python ints: next() is on the hot path
         self._bpos = 0
 
     @property
@@ -351,17 +352,19 @@ class KeyChooser:
             self._n = int(n_keys)
             # keys already converted but not handed out are redrawn from their uniforms
             self._block = self._keys(self._block_u) if len(self._block_u) else self._block
+            self._blist = self._block.tolist()
 
     def next(self) -> int:
         """One key."""
         with self._lock:
-            if self._bpos >= len(self._block):
+            pos = self._bpos
+            if pos >= len(self._blist):
                 self._block_u = self._uniforms(_NEXT_BLOCK)
                 self._block = self._keys(self._block_u)
-                self._bpos = 0
-            key = int(self._block[self._bpos])
-            self._bpos += 1
-            return key
+                self._blist = self._block.tolist()
+                pos = 0
+            self._bpos = pos + 1
+            return self._blist[pos]
 
     def take(self, count: int) -> np.ndarray:
         """The next ``count`` keys, as int64 (the same keys ``count`` calls of

@@ -180,6 +180,14 @@ class SleepDriver(Driver):
             return 1
         return ctx.state.get(ctx, "/sleep" if cls is None else f"/sleep?ms={cls.service_ms!r}")
 
+    def server_sample(self) -> dict[str, float]:
+        """Requests in service or queued, served so far, and the service time now."""
+        if self.model is not None:
+            st = self.model.state()
+        else:
+            st = server_state(self.host, self.port, min(2.0, self.settings.request_timeout_s))
+        return {k: st[k] for k in ("in_flight", "served", "service_ms_now")}
+
     def sut_pids(self) -> list[int]:
         return [self.server.pid] if self.server else []
 

@@ -200,6 +200,12 @@ class OpenAIDriver(Driver):
 
     settings: OpenAISettings
 
+    def server_sample(self) -> dict[str, float]:
+        """The server's gauges (vLLM: requests running and waiting, KV-cache use) from
+        the last scrape of ``/metrics`` (``service.metrics``), during the measured window."""
+        watch = self._watch
+        return dict(watch.latest) if watch is not None else {}
+
     @classmethod
     def inactive_keys(cls, settings) -> tuple[str, ...]:
         """The workload-shape settings left at "off" (see ``Driver.inactive_keys``)."""

@@ -52,6 +52,8 @@ class MetricsWatch:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.failures = 0
+        # the last scrape's gauges (running, waiting, KV-cache use), for the series
+        self.latest: dict[str, float] = {}
 
     def _scrape(self) -> dict[str, tuple[str, float]] | None:
         try:
@@ -60,9 +62,11 @@ class MetricsWatch:
             self.failures += 1
             log.warning("could not scrape %s: %s", self.url, exc)
             return None
+        strip = len(self.prefix)
         for name, (kind, value) in snap.items():
             if kind == "gauge":
                 self._gauges[name].append(value)
+        self.latest = {n[strip:]: v for n, (kind, v) in snap.items() if kind == "gauge"}
         return snap
 
     def start(self) -> None:
