@@ -101,6 +101,8 @@ class RunSettings:
     rate: float | None
     # which keys requests touch (benchflow.workload.keys.AccessConfig; None: uniform)
     access: Any = None
+    # a mix's classes and their (normalized) weights; (): no mix (docs/workloads.md)
+    mix: tuple[tuple[str, float], ...] = ()
 
 
 CUSTOM_FILE = "custom.json"  # the driver's own metadata, next to metrics.json
@@ -277,6 +279,12 @@ class Driver(ABC):
         HEAD) overrides this to pick per configuration.
         """
         return cls.throughput_basis
+
+    @classmethod
+    def headline_for(cls, settings: ServiceSettings, run: RunSettings | None):
+        """The headline's basis for these settings in this run (default: :meth:`headline`);
+        a driver whose basis depends on the run (a mix of kinds) overrides this."""
+        return cls.headline(settings)
 
     @classmethod
     def inactive_keys(cls, settings: ServiceSettings) -> tuple[str, ...]:

@@ -385,14 +385,15 @@ class TrialSpec:
     def run_settings(self) -> RunSettings:
         """The run settings with the config's own ``seed`` (what validation checks)."""
         c = self.cfg
-        return RunSettings(c.batch, c.concurrency, c.clients, c.seed, c.rate, c.access)
+        mix = tuple((c.mix or {}).items())
+        return RunSettings(c.batch, c.concurrency, c.clients, c.seed, c.rate, c.access, mix)
 
     def run_settings_for(self, repetition: int) -> RunSettings:
         """The run settings a trial of repetition ``repetition`` runs with: its seed
         is :func:`repetition_seed` of the config's ``seed``."""
         c = self.cfg
-        seed = self.seed_for(repetition)
-        return RunSettings(c.batch, c.concurrency, c.clients, seed, c.rate, c.access)
+        seed, mix = self.seed_for(repetition), tuple((c.mix or {}).items())
+        return RunSettings(c.batch, c.concurrency, c.clients, seed, c.rate, c.access, mix)
 
     def seed_for(self, repetition: int) -> int:
         return repetition_seed(self.cfg.seed, repetition)

@@ -84,7 +84,7 @@ def build(
         rec.size_ok / elapsed if elapsed else 0.0, driver_cls.size_unit
     )
     ok_rate = rec.ok / elapsed if elapsed else 0.0
-    if driver_cls.headline(spec.service) == "size":
+    if driver_cls.headline_for(spec.service, spec.run_settings) == "size":
         throughput = Throughput(value=size_value, unit=size_unit)
     else:
         throughput = Throughput(value=ok_rate, unit="requests_per_s")
@@ -243,7 +243,7 @@ def _slice(sub: Recording, elapsed: float, spec, driver_cls, rules, extra: dict)
     ok_rate = sub.ok / elapsed if elapsed else 0.0
     size_per_s = sub.size_ok / elapsed if elapsed else 0.0
     size_value, size_unit = size_rate(size_per_s, driver_cls.size_unit)
-    if driver_cls.headline(spec.service) == "size":
+    if driver_cls.headline_for(spec.service, spec.run_settings) == "size":
         throughput = Throughput(value=size_value, unit=size_unit)
     else:
         throughput = Throughput(value=ok_rate, unit="requests_per_s")

@@ -3,8 +3,14 @@
 Each worker (``concurrency`` threads) has its own file descriptor and buffer and
 does ``pread``/``pwrite`` of ``block_size_kb`` at an offset. Sequential workers
 share one cursor (the file is read or written front to back, wrapping around);
-random workers draw block offsets from the seed. The figures are MiB/s
-(headline), IOPS (``rates.requests_per_s``) and latency per block.
+random workers draw block offsets from the seed: uniformly, or by the trial's
+access law (``access.distribution=zipfian``, ``access.theta``: fio's
+``random_distribution=zipf:theta``; hotspot, latest) through one
+:class:`~benchflow.workload.keys.KeyChooser` per worker over the file's blocks.
+With a mix (``mix={read: 0.7, write: 0.3}``) each request reads or writes as its
+class says (``op`` is then unused), like fio's ``rw=randrw`` with ``rwmixread=70``.
+The figures are MiB/s (headline; reads and writes both move blocks), IOPS
+(``rates.requests_per_s``) and latency per block.
 
 Whether a figure measures the device or the page cache is stated, not guessed:
 
@@ -28,6 +34,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import functools
 import itertools
 import logging
 import mmap
@@ -42,6 +49,7 @@ import numpy as np
 import psutil
 from pydantic import Field
 
+from benchflow.workload.keys import AccessConfig, KeyChooser
 from drivers.base import ConfigRefused, Driver, DriverError, ServiceSettings
 
 log = logging.getLogger("drivers.storage.fileio")
@@ -77,6 +85,7 @@ class FileIODriver(Driver):
     Settings = FileIOSettings
     size_unit = "bytes"
     throughput_basis = "size"
+    mix_classes = ("read", "write")  # each request's own op (fio's rw=randrw, rwmixread)
 
     settings: FileIOSettings
 
@@ -92,6 +101,10 @@ class FileIODriver(Driver):
         self._cursor = itertools.count()
         self._temp = settings.file_name is None
         self._cached_start: float | None = None
+        self.access = trial.run.access or AccessConfig()  # None from older call sites
+        # What the requests did (read, write): a mix is known only from its requests,
+        # and the final fsync and the page-cache note follow what was done.
+        self._done: set[str] = set()
 
     @property
     def file_bytes(self) -> int:
@@ -115,6 +128,15 @@ class FileIODriver(Driver):
         ):
             raise ConfigRefused(
                 "service.file_name", settings.file_name, "a plain file name (no directories)"
+            )
+        access = run.access or AccessConfig()
+        if access.distribution != "uniform" and settings.pattern == "seq":
+            # a shared cursor walks the file in order: there is no offset to draw
+            raise ConfigRefused(
+                "access.distribution",
+                access.distribution,
+                "fileio draws offsets only with service.pattern=rand (seq walks the file "
+                "front to back)",
             )
 
     # -- setup -------------------------------------------------------------------
@@ -175,24 +197,33 @@ class FileIODriver(Driver):
         # An anonymous mapping is page-aligned, as O_DIRECT requires.
         buf = mmap.mmap(-1, self.block)
         buf.write(random.Random(worker).randbytes(self.block))
-        rng = random.Random(self.trial.run.seed * 1_000_003 + worker)
-        return fd, buf, rng
+        # pick() is the block index of the worker's next request
+        if self.settings.pattern == "seq":
+            pick = self._next_seq_block
+        elif self.access.distribution != "uniform":
+            # one stream per worker; every worker shares the same hot blocks
+            pick = KeyChooser(self.nblocks, self.access, self.trial.run.seed, stream=worker).next
+        else:  # uniform: the same blocks as before the access law existed
+            rng = random.Random(self.trial.run.seed * 1_000_003 + worker)
+            pick = functools.partial(rng.randrange, self.nblocks)
+        return fd, buf, pick
+
+    def _next_seq_block(self) -> int:
+        return next(self._cursor) % self.nblocks
 
     def close_worker(self, state) -> None:
         fd, buf, _ = state
-        if self.settings.op == "write" and self.settings.fsync == "end":
+        if self._did("write") and self.settings.fsync == "end":
             os.fsync(fd)
         os.close(fd)
         buf.close()
 
     def operation(self, ctx) -> int:
-        fd, buf, rng = ctx.state
-        if self.settings.pattern == "seq":
-            blk = next(self._cursor) % self.nblocks
-        else:
-            blk = rng.randrange(self.nblocks)
-        off = blk * self.block
-        if self.settings.op == "read":
+        fd, buf, pick = ctx.state
+        off = pick() * self.block
+        op = ctx.cls or self.settings.op
+        self._done.add(op)
+        if op == "read":
             n = os.preadv(fd, [buf], off)
         else:
             n = os.pwritev(fd, [buf], off)
@@ -221,7 +252,7 @@ class FileIODriver(Driver):
         out: dict[str, float] = {}
         fd = os.open(self.path, os.O_RDONLY)
         try:
-            if s.op == "write" and s.fsync == "end":
+            if self._did("write") and s.fsync == "end":
                 # The closing fsync happens after the window; its time is reported apart.
                 t0 = time.perf_counter()
                 os.fsync(fd)
@@ -242,6 +273,11 @@ class FileIODriver(Driver):
             out["fileio.cached_fraction_start"] = start
         return out
 
+    def _did(self, op: str) -> bool:
+        """Whether the trial's requests did ``op``: those of this process, or, when
+        they all ran in client processes (``clients>1``), what ``service.op`` says."""
+        return op in self._done if self._done else self.settings.op == op
+
     def _cache_note(self, start: float | None, end: float | None, end_fsync: float | None) -> str:
         s = self.settings
         size_mb = self.file_bytes / (1 << 20)
@@ -249,18 +285,28 @@ class FileIODriver(Driver):
         where = f"file {size_mb:.0f} MiB, page-cache budget {self.budget_mb:.0f} MiB"
         if start is not None and end is not None:
             where += f"; cached {start:.0%} at the window's start, {end:.0%} at its end"
-        if s.op == "write":
+        reads = self._did("read")
+        if self._did("write"):
             if s.fsync == "each":
-                return f"fileio: buffered writes with fsync after each: device-bound ({where})"
+                writes = "buffered writes with fsync after each: device-bound"
+            else:
+                writes = (
+                    f"buffered writes (fsync={s.fsync}) land in the page cache: the result "
+                    "is cached, not the device's speed"
+                )
+            if reads:  # a mix: its reads may find what its writes left in the cache
+                return (
+                    f"fileio: reads and writes mixed: {writes}; reads may be served from "
+                    f"the page cache the writes filled ({where})"
+                )
+            if s.fsync == "each":
+                return f"fileio: {writes} ({where})"
             tail = (
                 f"; the final fsync took {end_fsync:.2f} s after the window"
                 if end_fsync is not None
                 else ""
             )
-            return (
-                f"fileio: buffered writes (fsync={s.fsync}) land in the page cache: the result "
-                f"is cached, not the device's speed ({where}){tail}"
-            )
+            return f"fileio: {writes} ({where}){tail}"
         if start is None or end is None:
             verdict = "cache state unknown (mincore failed)"
         elif start >= 0.9:

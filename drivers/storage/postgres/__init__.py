@@ -19,6 +19,12 @@ tpcb            BEGIN; update account; select it; update teller; update
                 branch; insert history; COMMIT (pgbench's built-in script)
 ==============  ==========================================================
 
+``mix={point_select: 0.9, update: 0.1}`` (any of point_select, range, insert,
+update, tpcb) runs each request as its class's workload, with figures per class;
+``workload=mix`` is the older two-class form, drawn by the driver. A skewed access
+law (``access.distribution=zipfian``, pgbench's ``random_zipfian``) picks the
+account ids (and a range's first row), one key stream per worker.
+
 Each worker has its own connection (autocommit; ``tpcb`` sends its own
 BEGIN/COMMIT, as pgbench does); ``prepared=true`` uses server-side prepared
 statements. A failed request is classified (serialization_failure, deadlock,

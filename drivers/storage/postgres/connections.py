@@ -15,13 +15,17 @@ from drivers.storage.postgres.statements import _dollar
 
 
 class _Worker:
-    """One worker's connection and random stream."""
+    """One worker's connection, random stream and, with a skewed access law, key streams."""
 
-    __slots__ = ("conn", "cur", "failures", "index", "retry_at", "rng")
+    __slots__ = ("conn", "cur", "failures", "index", "keys", "retry_at", "rng", "starts")
 
-    def __init__(self, index: int, rng: random.Random) -> None:
+    def __init__(self, index: int, rng: random.Random, keys=None, starts=None) -> None:
         self.index = index
         self.rng = rng
+        # benchflow.workload.keys.KeyChooser over the accounts (``keys``) and over the
+        # first rows of a range (``starts``); None: uniform, drawn from ``rng``
+        self.keys = keys
+        self.starts = starts
         self.conn = None
         self.cur = None
         self.failures = 0  # consecutive failed connection attempts

@@ -14,6 +14,7 @@ import random
 from typing import Any
 
 from benchflow.secrets import mask
+from benchflow.workload.keys import AccessConfig, KeyChooser
 from drivers.base import ConfigRefused, Driver
 from drivers.storage.postgres.connections import Connections, _Worker
 from drivers.storage.postgres.errors import ErrorClassifier, _first_line
@@ -25,7 +26,7 @@ from drivers.storage.postgres.schema import (
 from drivers.storage.postgres.server_stats import ServerStats
 from drivers.storage.postgres.settings import PostgresSettings, _has_password
 from drivers.storage.postgres.statements import _statements
-from drivers.storage.postgres.workloads import Workloads
+from drivers.storage.postgres.workloads import MIX_CLASSES, Workloads
 
 # One logger for the whole driver, whichever of its modules logs.
 log = logging.getLogger("drivers.storage.postgres")
@@ -40,6 +41,7 @@ class PostgresDriver(Connections, SchemaLoader, Workloads, ServerStats, ErrorCla
     size_unit = "rows"
     throughput_basis = "requests"  # transactions per second
     client_library = "psycopg2-binary"
+    mix_classes = MIX_CLASSES  # mix={point_select: 0.9, update: 0.1}: per-class figures
 
     settings: PostgresSettings
 
@@ -69,7 +71,13 @@ class PostgresDriver(Connections, SchemaLoader, Workloads, ServerStats, ErrorCla
             for name, (sql, types) in self._statements.items()
         }
         self._n_rows, self._n_range = s.rows, s.range_rows
-        self._op = getattr(self, f"_{s.workload}")
+        self.access = trial.run.access or AccessConfig()  # None from older call sites
+        self._bind_ops()
+
+    def _bind_ops(self) -> None:
+        # the trial's workload, and each mix class's request (bound methods: not pickled)
+        self._op = getattr(self, f"_{self.settings.workload}")
+        self._ops = {cls: getattr(self, f"_{cls}") for cls in MIX_CLASSES}
 
     # -- config ------------------------------------------------------------------
     @classmethod
@@ -129,7 +137,17 @@ class PostgresDriver(Connections, SchemaLoader, Workloads, ServerStats, ErrorCla
 
     # -- workers -------------------------------------------------------------------
     def open_worker(self, worker: int) -> _Worker:
-        w = _Worker(worker, random.Random(self.trial.run.seed * 1_000_003 + worker))
+        rng = random.Random(self.trial.run.seed * 1_000_003 + worker)
+        keys = starts = None
+        if self.access.distribution != "uniform":
+            seed = self.trial.run.seed
+            keys = KeyChooser(self._n_rows, self.access, seed, stream=worker)
+            # a range's first row has its own key space (rows - range_rows + 1 starts) and
+            # its own stream, so that ranges and single rows are drawn independently
+            starts = KeyChooser(
+                self._n_rows - self._n_range + 1, self.access, seed, stream=(1 << 32) + worker
+            )
+        w = _Worker(worker, rng, keys, starts)
         self._open(w)
         self._workers.append(w)
         return w
@@ -153,7 +171,7 @@ class PostgresDriver(Connections, SchemaLoader, Workloads, ServerStats, ErrorCla
         if w.cur is None:
             self._reconnect(w)
         try:
-            return self._op(w)
+            return (self._op if ctx.cls is None else self._ops[ctx.cls])(w)
         except Exception as exc:
             self._after_error(w, exc)
             raise
@@ -188,9 +206,9 @@ class PostgresDriver(Connections, SchemaLoader, Workloads, ServerStats, ErrorCla
     def __getstate__(self):
         # Client processes get the DSN, not the server object or open connections.
         state = dict(self.__dict__)
-        state.update(_server=None, _admin=None, _workers=[], _before=None, _op=None)
+        state.update(_server=None, _admin=None, _workers=[], _before=None, _op=None, _ops=None)
         return state
 
     def __setstate__(self, state) -> None:
         self.__dict__.update(state)
-        self._op = getattr(self, f"_{self.settings.workload}")
+        self._bind_ops()

@@ -20,6 +20,16 @@ setup (phase ``prepare``); PUT writes keys of its own, cycling over ``objects``
 keys so disk use stays bounded. DELETE consumes the pool: size it to the number
 of deletes (``requests=N``).
 
+With a mix (``mix={get: 0.7, put: 0.2, delete: 0.1}``) each request does its own
+class's operation. GET, HEAD and LIST read the pool, which nothing in the mix
+changes; PUT and DELETE share a write space of ``objects`` keys per process
+(:class:`~drivers.storage.s3.keys.WriteSpace`): deletes remove what puts wrote, so
+a delete never makes a GET fail. The headline is then requests/s; each class's
+MiB/s is in its own figures. A skewed access law (``access.distribution``) picks
+the objects GET, HEAD and PUT touch, one key stream per worker; the keys each
+class touched in the window are summarised in ``extra`` (``s3.keys.<class>.*``)
+and ``custom.json`` (``s3.keys``).
+
 ``mode=embedded`` starts a throwaway server (:class:`benchflow.sut.embedded.EmbeddedS3`)
 with generated credentials; ``mode=server`` uses ``endpoint_url`` (null: AWS)
 and boto3's own credential chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``,

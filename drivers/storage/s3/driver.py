@@ -11,13 +11,16 @@ import itertools
 import logging
 import math
 import random
+import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
+from benchflow.workload.keys import AccessConfig, KeyChooser
 from drivers.base import ConfigRefused, Driver
 from drivers.storage.s3.endpoint import Endpoint
 from drivers.storage.s3.errors import ErrorClassifier, _describe
+from drivers.storage.s3.keys import WriteSpace, key_figures
 from drivers.storage.s3.operations import Operations, _Worker
 from drivers.storage.s3.payload import Payload
 from drivers.storage.s3.pool import _PREPARE_RETRIES, _PREPARE_THREADS, ObjectPool
@@ -41,6 +44,9 @@ class S3Driver(Endpoint, ObjectPool, Operations, ErrorClassifier, Driver):
     size_unit = "bytes"
     throughput_basis = "size"
     client_library = "boto3"
+    # With a mix each request does its class's operation (docs/drivers.md, "Mixes and
+    # skewed keys in the storage drivers").
+    mix_classes = ("get", "put", "list", "delete", "head")
 
     settings: S3Settings
 
@@ -58,10 +64,25 @@ class S3Driver(Endpoint, ObjectPool, Operations, ErrorClassifier, Driver):
         self._verified = 0
         self._lock = threading.Lock()
         self._delete_next = itertools.count()
+        self.access = trial.run.access or AccessConfig()  # None from older call sites
+        # the pool and the operations a mixed trial needs (settings.mixed, read by the
+        # helpers that see only the settings); travels with the settings to client shards
+        settings._mixed = bool(getattr(trial.run, "mix", ()))
+        self._skewed = self.access.distribution != "uniform"
+        self._space: WriteSpace | None = None  # a mix's puts and deletes, per process
+        self._workers: list[_Worker] = []
 
     @classmethod
     def headline(cls, settings: S3Settings) -> Literal["requests", "size"]:
         return "size" if settings.op in ("put", "get") else "requests"
+
+    @classmethod
+    def headline_for(cls, settings: S3Settings, run) -> Literal["requests", "size"]:
+        # A mix moves bytes in GETs and PUTs and none in HEAD, LIST, DELETE: no one
+        # byte rate stands for it. Each class's MiB/s is in its own figures.
+        if run is not None and run.mix:
+            return "requests"
+        return cls.headline(settings)
 
     # -- config ------------------------------------------------------------------
     @classmethod
@@ -100,7 +121,7 @@ class S3Driver(Endpoint, ObjectPool, Operations, ErrorClassifier, Driver):
                     raise ConfigRefused(f"service.{key}", getattr(s, key), "only for mode=server")
         elif s.embedded_dir:
             raise ConfigRefused("service.embedded_dir", s.embedded_dir, "only for mode=embedded")
-        if s.op == "delete" and run.clients > 1:
+        if s.op == "delete" and run.clients > 1 and not run.mix:
             raise ConfigRefused(
                 "clients", run.clients, "op=delete takes objects from one pool: use clients=1"
             )
@@ -121,7 +142,14 @@ class S3Driver(Endpoint, ObjectPool, Operations, ErrorClassifier, Driver):
                 "aws_secret_access_key": self._server.secret_key,
             }
         self._ensure_bucket(self._client(pool=1))
-        if s.op != "put":
+        if self._skewed and not s.mixed and s.op in ("list", "delete"):
+            what = "lists the pool" if s.op == "list" else "deletes the pool in order"
+            self.trial.notes.append(
+                f"s3: op={s.op} {what}, it picks no object: access.distribution does not apply"
+            )
+        # A mix's GET, HEAD and LIST read the pool (its puts and deletes have a space of
+        # their own, keys.WriteSpace); which classes it draws is not known here.
+        if s.op != "put" or s.mixed:
             self._prepare_pool(
                 self._client(
                     pool=_PREPARE_THREADS + s.part_concurrency,
@@ -132,14 +160,31 @@ class S3Driver(Endpoint, ObjectPool, Operations, ErrorClassifier, Driver):
     # -- workers -------------------------------------------------------------------
     def open_worker(self, worker: int) -> _Worker:
         s = self.settings
-        multipart = s.op == "put" and self.size >= s.multipart_threshold
+        multipart = (s.op == "put" or s.mixed) and self.size >= s.multipart_threshold
         parts = (
             ThreadPoolExecutor(s.part_concurrency, thread_name_prefix=f"bf-s3-w{worker}")
             if multipart
             else None
         )
         rng = random.Random(self.trial.run.seed * 1_000_003 + worker)
-        return _Worker(worker, self._client(pool=s.part_concurrency + 2), rng, parts)
+        # one key stream per worker; the hot objects are the same for all
+        keys = (
+            KeyChooser(s.objects, self.access, self.trial.run.seed, stream=worker)
+            if self._skewed
+            else None
+        )
+        w = _Worker(worker, self._client(pool=s.part_concurrency + 2), rng, parts, keys)
+        self._workers.append(w)
+        return w
+
+    def _write_space(self) -> WriteSpace:
+        """This process's write space for a mix's puts and deletes (made at first use:
+        client processes each make their own)."""
+        if self._space is None:
+            with self._lock:
+                if self._space is None:
+                    self._space = WriteSpace(self.settings.objects, secrets.token_hex(4))
+        return self._space
 
     def close_worker(self, state: _Worker) -> None:
         if state.parts is not None:
@@ -149,13 +194,39 @@ class S3Driver(Endpoint, ObjectPool, Operations, ErrorClassifier, Driver):
     def measure_start(self) -> None:
         with self._lock:
             self._verified = 0
+        for w in self._workers:  # between the phases: no request is in flight
+            w.hits = {}
+        if self._space is not None:
+            self._space.redirects = self._space.missing_deletes = 0
 
     def measure_end(self) -> dict[str, float]:
+        s = self.settings
         out = {"s3.object_bytes": float(self.size)}
-        if self.settings.op == "get":
+        # Counted where the requests ran: with clients>1, in processes of their own.
+        if (s.op == "get" or s.mixed) and self._workers:
             out["s3.verified_gets"] = float(self._verified)
-        if self.settings.op == "put" and self.size >= self.settings.multipart_threshold:
-            out["s3.parts_per_object"] = float(math.ceil(self.size / self.settings.part_size))
+        if (s.op == "put" or s.mixed) and self.size >= s.multipart_threshold:
+            out["s3.parts_per_object"] = float(math.ceil(self.size / s.part_size))
+        # Which objects the window's requests touched, per class.
+        hits: dict = {}
+        for w in self._workers:
+            for cls, counts in w.hits.items():
+                hits.setdefault(cls, type(counts)()).update(counts)
+        figures, detail = key_figures(hits)
+        out.update(figures)
+        if detail:
+            self.trial.custom["s3.keys"] = detail
+        space = self._space
+        if space is not None:
+            out["s3.mix.put_key_redirects"] = float(space.redirects)
+            out["s3.mix.missing_deletes"] = float(space.missing_deletes)
+            out["s3.mix.live_objects"] = float(space.live)
+            if space.missing_deletes:
+                self.trial.notes.append(
+                    f"s3: {space.missing_deletes} of the mix's deletes found no object its "
+                    "puts had written and deleted a key holding none (S3 answers it as any "
+                    "delete): give put at least delete's weight"
+                )
         return out
 
     def sut_pids(self) -> list[int]:
@@ -175,7 +246,7 @@ class S3Driver(Endpoint, ObjectPool, Operations, ErrorClassifier, Driver):
     def __getstate__(self):
         # Client processes get the endpoint and credentials, not the server object.
         state = dict(self.__dict__)
-        state.update(_server=None, _lock=None, _delete_next=None)
+        state.update(_server=None, _lock=None, _delete_next=None, _space=None, _workers=[])
         return state
 
     def __setstate__(self, state) -> None:

@@ -20,8 +20,13 @@ class Payload:
 
     def __init__(self, seed: int, block: int = _BLOCK) -> None:
         data = random.Random(seed).randbytes(block)
-        self.block = block
+        self.seed, self.block = seed, block
         self._double = memoryview(data + data)
+
+    def __reduce__(self):
+        # A memoryview cannot be pickled: client processes (clients=N) regenerate the
+        # same bytes from the seed instead of receiving them.
+        return (Payload, (self.seed, self.block))
 
     def chunks(self, offset: int, size: int, chunk: int):
         """The object's bytes in pieces of at most ``chunk`` (memoryviews, no copies)."""

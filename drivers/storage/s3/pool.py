@@ -54,5 +54,5 @@ class ObjectPool:
         figures["MiB_per_s"] = (
             figures["bytes"] / MiB / figures["seconds"] if figures["seconds"] else 0.0
         )
-        if s.op == "get" and s.verify_fraction > 0:
+        if (s.op == "get" or s.mixed) and s.verify_fraction > 0:
             self._crc = [self.payload.crc32(self._offset(i), self.size) for i in range(s.objects)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ByteSize, Field
+from pydantic import ByteSize, Field, PrivateAttr
 
 from drivers.base import ServiceSettings
 
@@ -18,6 +18,8 @@ MAX_OBJECT = 5 * (1 << 40)
 
 
 class S3Settings(ServiceSettings):
+    # the operation of every request; with a mix (``mix={get: 0.7, ...}``) each
+    # request's class names its own and this is not used
     op: Literal["put", "get", "delete", "list", "head"] = "put"
     object_size: ByteSize = Field(ByteSize(MiB), description="1KB, 64MiB, 1GB, ... (B..5TiB)")
     objects: int = Field(64, ge=1, description="pool size (get/head/delete/list), key space (put)")
@@ -40,3 +42,11 @@ class S3Settings(ServiceSettings):
     retries: int = Field(0, ge=0, le=10, description="retry attempts per request")
     cleanup: bool = Field(True, description="delete what the trial wrote")
     embedded_dir: str | None = Field(None, description="mode=embedded: where objects are kept")
+    # Whether the trial has a mix (``mix=``): set by S3Driver from its run settings, for
+    # the helpers that see only the settings; never part of the config.
+    _mixed: bool = PrivateAttr(False)
+
+    @property
+    def mixed(self) -> bool:
+        """The trial draws each request's operation from a mix (``service.op`` unused)."""
+        return self._mixed
