@@ -129,6 +129,23 @@ def test_stages_on_the_sleep_server_reach_each_stage_rate(workdir):
     assert {"server/in_flight", "server/served", "timeseries/throughput"} <= names
 
 
+def test_concurrency_stages_step_the_requests_in_flight(workdir):
+    m = _one_trial(
+        workdir,
+        "service.service_ms=10",
+        "concurrency=6",
+        "duration_s=1",
+        "stages=[{concurrency: 1, duration_s: 2}, {concurrency: 6, duration_s: 2}]",
+    )
+    assert m["load"]["mode"] == "closed" and m["load"]["duration_s"] == 4
+    one, six = m["stages"]["0"], m["stages"]["1"]
+    assert (one["concurrency"], six["concurrency"]) == (1, 6)
+    # closed loop at 10 ms: ~100/s per request in flight (less the harness's own time)
+    assert 70 < one["throughput"]["value"] <= 100
+    assert six["throughput"]["value"] / one["throughput"]["value"] == pytest.approx(6, rel=0.2)
+    assert one["target_rate"] is None and m["load"]["target_rate"] is None
+
+
 def test_a_mix_on_the_sleep_server_reports_each_class_at_its_own_service_time(workdir):
     m = _one_trial(
         workdir,
@@ -200,6 +217,13 @@ def test_bad_workload_settings_exit_2_naming_the_key(workdir, tmp_path):
         (["arrival=gamma", "arrival_burstiness=0"], "arrival_burstiness"),
         (["rate=10", "stages=[{rate: 5, duration_s: 1}]"], "stages"),
         (["stages=[{rate: 5}]"], "stages.0.duration_s"),
+        (["stages=[{duration_s: 1}]"], "stages.0"),  # neither rate nor concurrency
+        (["stages=[{concurrency: 2, duration_s: 1, ramp: true}]"], "stages.0"),
+        (
+            ["concurrency=4", "stages=[{rate: 5, duration_s: 1}, {concurrency: 2, duration_s: 1}]"],
+            "stages",
+        ),
+        (["stages=[{concurrency: 4, duration_s: 1}]"], "stages"),  # concurrency=1 < 4
         (["mix={a: -1, b: 2}"], "mix"),
         (["service=faiss", "mix={search: 1}"], "mix"),  # a driver without classes
         ([f"trace.path={tmp_path}/missing.jsonl"], "trace.path"),

@@ -168,13 +168,23 @@ DEFAULT_PRECISION_PERCENTILES = ("p50", "p90", "p95", "p99")
 
 
 class StageConfig(_Strict):
-    """One stage of a staged open-loop trial (docs/workloads.md#stages)."""
+    """One stage of a staged trial (docs/workloads.md#stages): a rate (open loop) or a
+    concurrency (closed loop) for a duration."""
 
-    rate: float = Field(..., gt=0, description="requests/s (total over clients)")
+    rate: float | None = Field(None, gt=0, description="requests/s (total over clients)")
+    concurrency: int | None = Field(None, ge=1, description="closed loop: requests in flight")
     duration_s: float = Field(..., gt=0, description="the stage's length")
     ramp: bool = Field(
         False, description="move the rate linearly from the previous stage's (0 first) to rate"
     )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StageConfig:
+        if (self.rate is None) == (self.concurrency is None):
+            raise ValueError("give a stage either rate (open loop) or concurrency (closed loop)")
+        if self.ramp and self.rate is None:
+            raise ValueError("ramp moves a rate: concurrency stages step")
+        return self
 
 
 class TrackingConfig(_Strict):
@@ -328,9 +338,19 @@ class BenchConfig(_Strict):
         if v is None:
             return v
         if not v:
-            raise ValueError("a list of at least one {rate, duration_s[, ramp]} (or null)")
+            raise ValueError(
+                "a list of at least one {rate, duration_s[, ramp]} or {concurrency, duration_s}"
+            )
+        if len({st.rate is None for st in v}) > 1:
+            raise ValueError("all stages rates (open loop) or all concurrencies (closed loop)")
         if info.data.get("rate") is not None:
-            raise ValueError("stages carry their own rates: set rate=null")
+            raise ValueError("stages carry their own rates or concurrencies: set rate=null")
+        most = max(st.concurrency or 0 for st in v)
+        if most > info.data.get("concurrency", 1):
+            raise ValueError(
+                f"a stage asks for concurrency {most}: set concurrency={most} or more (the "
+                "workers the trial opens; each stage uses as many as it names)"
+            )
         if info.data.get("duration_s") == "auto":
             raise ValueError("duration_s=auto and stages do not mix: the stages set the length")
         return v
@@ -353,8 +373,9 @@ class BenchConfig(_Strict):
 
     @property
     def open_loop(self) -> bool:
-        """Requests start on a schedule: a rate, stages or a trace."""
-        return self.rate is not None or self.stages is not None or self.trace.path is not None
+        """Requests start on a schedule: a rate, rate stages or a trace."""
+        rated = self.stages is not None and self.stages[0].rate is not None
+        return self.rate is not None or rated or self.trace.path is not None
 
     @model_validator(mode="after")
     def _clients_fit(self) -> BenchConfig:

@@ -55,6 +55,14 @@ def split(total: int, n: int, i: int) -> int:
     return total // n + (1 if i < total % n else 0)
 
 
+def _shard_stage(st, n: int, i: int):
+    """Client i's share of a stage: a rate split evenly, a concurrency as evenly as whole
+    workers allow."""
+    if st.concurrency is not None:
+        return replace(st, concurrency=split(st.concurrency, n, i))
+    return replace(st, rate=st.rate / n)
+
+
 def shard_phases(phases: list[Phase], n: int, i: int, start_ns: int) -> list[Phase]:
     out, t = [], start_ns
     for ph in phases:
@@ -63,7 +71,7 @@ def shard_phases(phases: list[Phase], n: int, i: int, start_ns: int) -> list[Pha
                 ph,
                 concurrency=split(ph.concurrency, n, i),
                 rate=None if ph.rate is None else ph.rate / n,
-                stages=tuple(replace(st, rate=st.rate / n) for st in ph.stages),
+                stages=tuple(_shard_stage(st, n, i) for st in ph.stages),
                 shard=(i, n),
                 requests=None if ph.requests is None else split(ph.requests, n, i),
                 stream=ph.stream * 1000 + i,

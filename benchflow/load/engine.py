@@ -108,7 +108,8 @@ class Phase:
 
     @property
     def open_loop(self) -> bool:
-        return self.rate is not None or bool(self.stages) or self.trace is not None
+        rated = bool(self.stages) and self.stages[0].rate is not None
+        return self.rate is not None or rated or self.trace is not None
 
 
 def sleep_until(deadline_ns: int) -> None:
@@ -166,7 +167,8 @@ class Engine:
     # -- threads -----------------------------------------------------------------
     def _run_threads(self, phase: Phase, states: list) -> Recording:
         window_ns, sched, quota, mix = _plan(phase)
-        rec = self.recorder = _recorder(window_ns, sched, mix)
+        gates = _Gates.of(phase)
+        rec = self.recorder = _recorder(window_ns, sched, mix, gates)
         names = mix.names if mix else None
         t0 = _start(phase)
         rec.recording.wall_start_s = time.time() - (pc() - t0) / 1e9
@@ -192,6 +194,12 @@ class Engine:
                     cls = mix.class_of(slot[0]) if mix else 0
                     start = pc()
                 else:
+                    if gates is not None and not gates.open(w, pc() - t0):
+                        wake = gates.next_open(w, pc() - t0)
+                        if wake is None:
+                            return  # no later stage needs this worker
+                        sleep_until(t0 + wake)
+                        continue
                     if quota is not None and not quota.take():
                         return
                     cls = mix.class_of(n, w) if mix else 0
@@ -269,7 +277,8 @@ class Engine:
 
     async def _run_async_phase(self, phase: Phase, states: list) -> Recording:
         window_ns, sched, quota, mix = _plan(phase)
-        rec = self.recorder = _recorder(window_ns, sched, mix)
+        gates = _Gates.of(phase)
+        rec = self.recorder = _recorder(window_ns, sched, mix, gates)
         names = mix.names if mix else None
         if phase.start_wall_ns is not None:
             await asleep_until(pc() + max(0, phase.start_wall_ns - time.time_ns()))
@@ -307,6 +316,12 @@ class Engine:
         async def closed(w: int) -> None:
             n = 0
             while True:
+                if gates is not None and not gates.open(w, pc() - t0):
+                    wake = gates.next_open(w, pc() - t0)
+                    if wake is None:
+                        return  # no later stage needs this worker
+                    await asleep_until(t0 + wake)
+                    continue
                 if quota is not None and not quota.take():
                     return
                 now = pc()
@@ -511,7 +526,7 @@ def _plan(phase: Phase) -> tuple[int, Schedule | None, _Quota | None, Mix | None
         )
     elif by_count:
         quota = _Quota(phase.requests)
-    if phase.stages and not by_count:
+    if phase.stages and not by_count:  # rate or concurrency stages: their sum
         window_ns = round(sum(s.duration_s for s in phase.stages) * 1e9)
     elif by_count or phase.duration_s is None:  # a count, or a whole trace
         window_ns = 0
@@ -521,9 +536,46 @@ def _plan(phase: Phase) -> tuple[int, Schedule | None, _Quota | None, Mix | None
     return window_ns, sched, quota, mix
 
 
-def _recorder(window_ns: int, sched: Schedule | None, mix: Mix | None) -> Recorder:
-    stages = sched.stage_starts_ns if sched is not None and window_ns else ()
+def _recorder(window_ns: int, sched: Schedule | None, mix: Mix | None, gates=None) -> Recorder:
+    if gates is not None:
+        stages = gates.starts_ns
+    else:
+        stages = sched.stage_starts_ns if sched is not None and window_ns else ()
     return Recorder(window_ns, mix.names if mix else (), stages)
+
+
+class _Gates:
+    """Closed-loop stages: in stage k only workers ``w < concurrency_k`` send requests;
+    the others wait for a stage that needs them."""
+
+    def __init__(self, stages: tuple[Stage, ...]) -> None:
+        self.starts_ns, t = [], 0.0
+        for st in stages:
+            self.starts_ns.append(round(t * 1e9))
+            t += st.duration_s
+        self.limits = [st.concurrency for st in stages]
+
+    @classmethod
+    def of(cls, phase: Phase) -> _Gates | None:
+        if phase.stages and phase.stages[0].concurrency is not None:
+            return cls(phase.stages)
+        return None
+
+    def _stage(self, t_ns: int) -> int:
+        k = 0
+        while k + 1 < len(self.starts_ns) and self.starts_ns[k + 1] <= t_ns:
+            k += 1
+        return k
+
+    def open(self, w: int, t_ns: int) -> bool:
+        return w < self.limits[self._stage(t_ns)]
+
+    def next_open(self, w: int, t_ns: int) -> int | None:
+        """When worker ``w`` is next needed (ns from the phase start); None: never."""
+        for k in range(self._stage(t_ns) + 1, len(self.starts_ns)):
+            if w < self.limits[k]:
+                return self.starts_ns[k]
+        return None
 
 
 async def _maybe_await(x):

@@ -48,13 +48,15 @@ _CHUNK = 65_536
 
 @dataclass(frozen=True)
 class Stage:
-    """One window of a staged schedule: ``rate`` requests/s for ``duration_s``;
-    with ``ramp``, the rate moves linearly from the previous stage's rate (0 for
-    the first stage) to ``rate`` over the stage."""
+    """One window of a staged phase: ``rate`` requests/s for ``duration_s`` (open loop;
+    with ``ramp``, the rate moves linearly from the previous stage's rate, 0 for the
+    first stage, to ``rate`` over the stage) — or, closed loop, ``concurrency``
+    requests in flight (``rate`` None)."""
 
-    rate: float
+    rate: float | None
     duration_s: float
     ramp: bool = False
+    concurrency: int | None = None
 
 
 class Schedule:

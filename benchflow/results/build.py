@@ -99,7 +99,7 @@ def build(
     )
     achieved = rec.achieved_rate() if open_loop else ok_rate
     target_rate = cfg.rate
-    if cfg.stages:  # the stages' mean offered rate
+    if cfg.stages and open_loop:  # the stages' mean offered rate
         total_s = sum(st.duration_s for st in cfg.stages)
         target_rate = (
             sum(_stage_rate(cfg.stages, k) * st.duration_s for k, st in enumerate(cfg.stages))
@@ -225,8 +225,10 @@ def _add_slices(result: TrialResult, rec: Recording, spec, driver_cls, rules, ex
             k = int(name)
             st = cfg.stages[k]
             sl = _slice(sub, sub.window_s(), spec, driver_cls, rules, extra.get(key, {}))
-            sl.target_rate, sl.duration_s = _stage_rate(cfg.stages, k), st.duration_s
-            if sl.achieved_rate is not None:
+            sl.duration_s, sl.concurrency = st.duration_s, st.concurrency
+            if st.rate is not None:
+                sl.target_rate = _stage_rate(cfg.stages, k)
+            if sl.achieved_rate is not None and sl.target_rate:
                 short = 1 - sl.achieved_rate / sl.target_rate
                 if short > rules.max_rate_shortfall:
                     sl.validity.reasons.append(

@@ -152,6 +152,7 @@ class Slice(_Block):
 
     weight: float | None = None  # a class: its share of the mix
     target_rate: float | None = None  # a stage: its offered rate (a ramp: the mean)
+    concurrency: int | None = None  # a closed-loop stage: its requests in flight
     duration_s: float | None = None  # a stage: its length
     throughput: Throughput
     rates: dict[str, float]

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -443,11 +443,11 @@ def _workload_summary(cfg, rec) -> dict:
 def _phases(cfg, planned: int | None = None, seed: int | None = None) -> list[Phase]:
     """The warm-up and measured phases; ``seed``: the repetition's (default: the config's).
 
-    Stages: the warm-up runs at the first stage's rate. A trace: the warm-up replays
+    Stages: the warm-up runs at the first stage's rate or concurrency. A trace: the warm-up replays
     the trace's first ``warmup_s``, the measured phase the whole (cut) trace.
     """
     seed = cfg.seed if seed is None else seed
-    stages = tuple(Stage(s.rate, s.duration_s, s.ramp) for s in cfg.stages or ())
+    stages = tuple(Stage(s.rate, s.duration_s, s.ramp, s.concurrency) for s in cfg.stages or ())
     trace = cfg.trace if cfg.trace.path is not None else None
     common = dict(
         concurrency=cfg.concurrency,
@@ -460,7 +460,11 @@ def _phases(cfg, planned: int | None = None, seed: int | None = None) -> list[Ph
     )
     phases = []
     if cfg.warmup_s > 0:
-        warm = dict(common, rate=stages[0].rate) if stages else common
+        warm = common
+        if stages and stages[0].rate is not None:  # at the first stage's rate
+            warm = dict(common, rate=stages[0].rate)
+        elif stages:  # at the first stage's concurrency (the same workers, some idle)
+            warm = dict(common, stages=(replace(stages[0], duration_s=cfg.warmup_s),))
         phases.append(Phase("warmup", duration_s=cfg.warmup_s, stream=1, **warm))
     requests = cfg.requests
     if planned is not None:  # the driver's own item count (one pass over its set)
