@@ -81,6 +81,21 @@ def test_batch_insert_writes_batch_rows_per_statement(workdir, postgres_server, 
     assert_nowhere(postgres_server.password, workdir, proc.stdout, proc.stderr)
 
 
+def test_server_series_are_read_beside_exact_commit_counts(workdir):
+    """The embedded server's backends each monitor interval (``server.csv``, MLflow
+    ``server/backends.*``), read from the maintenance database: the benchmark
+    database's commit count stays exactly the requests recorded."""
+    proc = workdir.run(*SMALL, "concurrency=4", "duration_s=2", "tracking.upload=false")
+    assert proc.returncode == 0, workdir.explain(proc)
+    ((_, m),) = trials(workdir)
+    assert m["extra"]["pg.commits"] == m["load"]["completed"]
+    (trial,) = workdir.trial_dirs()
+    rows = [r.split(",") for r in (trial / "server.csv").read_text().splitlines()]
+    col = rows[0].index("backends.total")
+    seen = [float(r[col]) for r in rows[1:] if r[col]]
+    assert seen and max(seen) >= 4, rows[:4]
+
+
 def _data_dir_from(trial_log: Path) -> Path:
     for line in trial_log.read_text().splitlines():
         if "PostgreSQL ready on" in line:

@@ -182,6 +182,7 @@ class PostgresDriver(Connections, SchemaLoader, Workloads, ServerStats, ErrorCla
 
     def teardown(self) -> None:
         s, p = self.settings, self.settings.table_prefix
+        self._close_monitor()
         try:
             if self._server is None and not s.keep_data and self.dsn:
                 try:
@@ -207,6 +208,7 @@ class PostgresDriver(Connections, SchemaLoader, Workloads, ServerStats, ErrorCla
         # Client processes get the DSN, not the server object or open connections.
         state = dict(self.__dict__)
         state.update(_server=None, _admin=None, _workers=[], _before=None, _op=None, _ops=None)
+        state["_monitor"] = None
         return state
 
     def __setstate__(self, state) -> None:

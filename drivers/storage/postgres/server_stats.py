@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -165,3 +166,59 @@ class ServerStats:
             self._admin_commits += 1
             row = cur.fetchone()
         return row if whole_row else row[0]
+
+    # -- the server's side as series (Driver.server_sample) ------------------------------
+    _ACTIVITY = (
+        "SELECT count(*) FILTER (WHERE state = 'active'),"
+        " count(*) FILTER (WHERE state = 'idle in transaction'),"
+        " count(*) FILTER (WHERE wait_event_type = 'Lock'),"
+        " count(*)"
+        " FROM pg_stat_activity WHERE datname = %s"
+    )
+
+    def server_sample(self) -> dict[str, float]:
+        """The benchmark database's backends now (``pg_stat_activity``): active, idle in a
+        transaction, waiting on a lock, all. Read on a connection of its own to the
+        maintenance database ``postgres`` (``template1`` on the trial's own embedded
+        server, whose benchmark database is ``postgres``), so that ``pg_stat_database``
+        of the benchmark database — the ``pg.*`` figures — never counts the monitor's
+        statements. A benchmark run *in* ``postgres`` on a server of the user's gets no
+        series: a session in ``template1`` would block their ``CREATE DATABASE``."""
+        import psycopg2
+        from psycopg2.extensions import parse_dsn
+
+        db = parse_dsn(self.dsn).get("dbname") or "postgres"
+        if db != "postgres":
+            maintenance = "postgres"
+        elif self.settings.mode == "embedded":
+            maintenance = "template1"
+        else:
+            return {}
+
+        conn = getattr(self, "_monitor", None)
+        if conn is None or conn.closed:
+            kwargs = {"connect_timeout": 2, "application_name": f"{self.app_name}-monitor"}
+            s = self.settings
+            password = os.environ.get(s.auth_env) if s.mode == "server" else None
+            if password and s.auth_env != "PGPASSWORD":  # as the workers connect
+                kwargs["password"] = password
+            conn = self._monitor = psycopg2.connect(self.dsn, dbname=maintenance, **kwargs)
+            conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(self._ACTIVITY, (db,))
+            active, idle_tx, lock_waits, total = cur.fetchone()
+        return {
+            "backends.active": active,
+            "backends.idle_in_transaction": idle_tx,
+            "backends.lock_waits": lock_waits,
+            "backends.total": total,
+        }
+
+    def _close_monitor(self) -> None:
+        conn = getattr(self, "_monitor", None)
+        self._monitor = None
+        if conn is not None and not conn.closed:
+            try:
+                conn.close()
+            except Exception as exc:  # closing a dead connection: nothing left to do
+                log.debug("closing the monitor connection: %s", exc)
