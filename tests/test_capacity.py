@@ -477,3 +477,25 @@ def test_a_search_on_slurm_runs_each_probe_as_a_job_within_its_budget(workdir, s
     assert len(children) == 2 and (children["status"] == "FINISHED").all()
     jobs = set(children["tags.slurm.job_id"])
     assert len(jobs) == 2 and all(jobs), "each probe its own Slurm job"
+
+
+def test_plan_counts_a_search_as_its_probes(workdir):
+    """`benchflow plan` shows a search as the probe jobs it may run (search.max_trials,
+    or a saturation sweep's 2 + points × repeats), each with the probe's own request:
+    what the budget gate of a Slurm search counts."""
+    proc = workdir.run(
+        "plan",
+        "--json",
+        *QUEUE,
+        "search=capacity",
+        "search.slo=[latency_ms.p99<=50]",  # unquoted, as a user types it
+        "search.max_trials=5",
+    )
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert plan["trials"] == len(plan["jobs"]) == 5
+    assert all("capacity probe" in j["overrides"][-1] for j in plan["jobs"])
+    sat = json.loads(
+        workdir.run("plan", "--json", *QUEUE, "search=saturation", "search.points=3").stdout
+    )
+    assert len(sat["jobs"]) == 2 + 3  # synchronous, throughput, 3 points (search.repeats=1)

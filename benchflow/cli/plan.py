@@ -25,9 +25,11 @@ import click
 @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
 def plan(config_dir: str | None, approve_as: str | None, as_json: bool, overrides) -> None:
     from benchflow.config import EXIT_CONFIG, ConfigError
+    from benchflow.config.search import quote_slo_overrides
     from benchflow.sweeps.slurm.plan import ORDER_TEXT, approval, make_plan, record_approval
 
-    overrides = [o for o in overrides if o not in ("-m", "--multirun")]
+    # as `python -m benchflow` reads them: search.slo=[latency_ms.p99<=50] needs quotes
+    overrides = quote_slo_overrides([o for o in overrides if o not in ("-m", "--multirun")])
     try:
         p = make_plan(list(overrides), True, config_dir)
         path = record_approval(p, approve_as, list(overrides)) if approve_as else None

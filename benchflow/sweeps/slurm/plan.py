@@ -147,11 +147,29 @@ def make_plan(overrides: list[str], multirun: bool = True, config_dir: str | Non
         for i, (job, spec) in enumerate(zip(jobs, specs, strict=True))
     ]
     ordered = order_jobs(jobs, specs) if multirun else list(zip(jobs, specs, strict=True))
-    planned = [
-        PlannedJob(i, tuple(job), spec, job_request(spec, site))
-        for i, (job, spec) in enumerate(ordered)
-    ]
+    planned = []
+    with composing(config_dir) as composer:
+        for job, spec in ordered:
+            planned += _jobs_of(len(planned), job, spec, site, composer)
     return Plan(planned, launcher, site, sweep_order(specs), configs)
+
+
+def _jobs_of(num: int, job: list[str], spec: TrialSpec, site, composer) -> list[PlannedJob]:
+    """One job, or a search's probes: a search runs up to ``probe_count`` probe trials,
+    each a job of the probe's own request (search=none), one after another."""
+    if spec.cfg.search.kind == "none":
+        return [PlannedJob(num, tuple(job), spec, job_request(spec, site))]
+    from benchflow.search.runner import probe_count
+
+    base = [o for o in job if not o.split("=", 1)[0].lstrip("+~").startswith("search")]
+    probe = validate(composer.compose([*base, "search=none"]), tuple(base))
+    n = probe_count(spec.cfg.search)
+    request = job_request(probe, site)
+    label = f"{spec.cfg.search.kind} probe"
+    return [
+        PlannedJob(num + k, (*job, f"({label} {k + 1} of at most {n})"), probe, request)
+        for k in range(n)
+    ]
 
 
 def job_request(spec: TrialSpec, site: dict[str, Any]) -> SlurmRequest:
