@@ -6,6 +6,7 @@ server; bad workload settings exit 2 naming the key.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,8 +117,6 @@ def test_stages_on_the_sleep_server_reach_each_stage_rate(workdir):
     assert m["latency_ms"]["count"] == 1650
     assert m["validity"]["valid"], m["validity"]
     # the server's side on the same time axis: the sleep server's /state, each interval
-    from pathlib import Path
-
     from benchflow.results.files import read_csv
     from benchflow.tracking.upload import series_metrics
 
@@ -180,6 +179,14 @@ def test_a_mix_on_the_sleep_server_reports_each_class_at_its_own_service_time(wo
     res = TrialResult.model_validate({k: v for k, v in m.items() if k != "_dir"})
     flat = metrics_flat(res)
     assert flat["classes.slow.latency_ms.p50"] == slow["latency_ms"]["p50"]
+    # compare reads a class's metrics like the whole's: its direction, its own histogram
+    from benchflow.analysis.compare.statistics import higher_is_better, histogram_of
+
+    assert higher_is_better("classes.slow.throughput")
+    assert not higher_is_better("stages.1.latency_ms.p99")
+    assert histogram_of("classes.slow.latency_ms.p99") == ("classes.slow.latency", 99.0)
+    hists = json.loads((Path(m["_dir"]) / "histograms.json").read_text())
+    assert hists["classes.slow.latency"]["count"] == n_slow
 
 
 def test_a_replayed_trace_follows_its_times_and_its_sha_is_in_the_lineage(workdir, tmp_path):
@@ -256,3 +263,25 @@ def test_workload_keys_at_their_defaults_leave_params_and_hashes_as_they_were():
     assert staged.resolved["stages"] == [{"rate": 5, "duration_s": 1, "ramp": False}]
     (mixed,) = compose_trials(["service=sleep", "mix={a: 1, b: 3}"], False)
     assert mixed.resolved["mix"] == {"a": 0.25, "b": 0.75}
+
+
+def test_compare_defaults_cover_each_class_and_stage_both_sides_have():
+    """`benchflow compare` lists each class's and each stage's headline metrics after the
+    whole trial's, where both sides have them (pure: no server)."""
+    from benchflow.analysis.compare import default_metrics
+    from benchflow.analysis.compare.selection import RunRecord, Selection
+
+    def side(*names):
+        keys = ["throughput", "latency_ms.p50", "latency_ms.p99", "errors.rate"]
+        metrics = {k: 1.0 for k in keys}
+        metrics |= {f"{n}.{k}": 1.0 for n in names for k in keys}
+        return Selection("x", "runs", "x", [RunRecord("r", {}, metrics, {})])
+
+    got = default_metrics(side("classes.get", "classes.put"), side("classes.get", "stages.0"))
+    assert got[:4] == ["throughput", "latency_ms.p50", "latency_ms.p99", "errors.rate"]
+    assert got[4:] == [
+        "classes.get.throughput",
+        "classes.get.latency_ms.p50",
+        "classes.get.latency_ms.p99",
+        "classes.get.errors.rate",
+    ]

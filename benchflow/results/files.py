@@ -88,7 +88,10 @@ def write_result_files(
             [{"t": s.t, "second": s.t - window_start, **s.server} for s in samples],
             ["t", "second", *server_keys],
         )
-    write_json(trial_dir / "histograms.json", {k: h.to_dict() for k, h in rec.hist.items()})
+    hists = {k: h.to_dict() for k, h in rec.hist.items()}
+    for key, sub in rec.subs.items():  # a class's or a stage's: classes.get.latency, ...
+        hists.update({f"{key}.{k}": h.to_dict() for k, h in sub.hist.items() if h.count})
+    write_json(trial_dir / "histograms.json", hists)
 
 
 def write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:

@@ -346,11 +346,16 @@ def natural_key(label: str) -> list:
 
 
 def default_metrics(*sides: Selection) -> list[str]:
-    """The headline metrics plus every quality figure both sides have."""
+    """The headline metrics plus every quality figure both sides have, and the
+    headline metrics of each class of a mix and each stage both sides have."""
     have = [set().union(*(r.metrics for r in sel.runs)) for sel in sides]
     common = set.intersection(*have) if have else set()
     out = [m for m in DEFAULT_METRICS if m in common]
     out += sorted(m for m in common if m.startswith("quality."))
+    slices = sorted(
+        {".".join(m.split(".")[:2]) for m in common if m.startswith(("classes.", "stages."))}
+    )
+    out += [f"{s}.{m}" for s in slices for m in DEFAULT_METRICS if f"{s}.{m}" in common]
     return out
 
 

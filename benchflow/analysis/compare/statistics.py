@@ -60,19 +60,32 @@ class BlockPrior:
     source: str  # e.g. "calibration 1a2b3c4d of host node7 (2025-01-01)"
 
 
+def _slice_of(metric: str) -> tuple[str, str]:
+    """("classes.get.", "latency_ms.p99") for a class's or a stage's metric (docs/workloads.md);
+    ("", metric) for the whole trial's."""
+    parts = metric.split(".", 2)
+    if len(parts) == 3 and parts[0] in ("classes", "stages"):
+        return f"{parts[0]}.{parts[1]}.", parts[2]
+    return "", metric
+
+
 def higher_is_better(metric: str) -> bool:
-    """Direction of a metric: rates and quality up, latencies, errors and resources down."""
+    """Direction of a metric: rates and quality up, latencies, errors and resources down
+    (a class's or a stage's like the whole's)."""
+    _, metric = _slice_of(metric)
     return metric.startswith(("throughput", "rates.", "quality.", "load.achieved_rate"))
 
 
 def histogram_of(metric: str) -> tuple[str, float] | None:
-    """(histogram name, percentile) a percentile metric is computed from, if any."""
+    """(histogram name, percentile) a percentile metric is computed from, if any; a
+    class's or a stage's from its own (``classes.get.latency`` in histograms.json)."""
+    prefix, metric = _slice_of(metric)
     parts = metric.split(".")
     if parts[-1] not in _PCT:
         return None
     if len(parts) == 2 and parts[0] in _HIST_OF:
-        return _HIST_OF[parts[0]], _PCT[parts[-1]]
-    if len(parts) == 3 and parts[0] == "distributions":
+        return prefix + _HIST_OF[parts[0]], _PCT[parts[-1]]
+    if len(parts) == 3 and parts[0] == "distributions" and not prefix:
         return f"x.{parts[1]}", _PCT[parts[-1]]
     return None
 
