@@ -179,6 +179,7 @@ def test_a_mix_on_the_sleep_server_reports_each_class_at_its_own_service_time(wo
     res = TrialResult.model_validate({k: v for k, v in m.items() if k != "_dir"})
     flat = metrics_flat(res)
     assert flat["classes.slow.latency_ms.p50"] == slow["latency_ms"]["p50"]
+    assert flat["classes.slow.throughput"] == slow["throughput"]["value"]
     # compare reads a class's metrics like the whole's: its direction, its own histogram
     from benchflow.analysis.compare.statistics import higher_is_better, histogram_of
 

@@ -214,10 +214,12 @@ def metrics_flat(result: TrialResult) -> dict[str, float]:
         "quality",
         "phases",
         "extra",
-        "classes",
-        "stages",
     ):
         _flatten_numbers(d.get(key), key, out)
+    for key in ("classes", "stages"):  # a slice's throughput is a number, as the whole's
+        for name, sl in (d.get(key) or {}).items():
+            sl = dict(sl, throughput=sl["throughput"]["value"])
+            _flatten_numbers(sl, f"{key}.{name}", out)
     for name, agg in result.resource.detail.items():
         for stat, v in agg.items():
             out[f"system/{name}.{stat}"] = v

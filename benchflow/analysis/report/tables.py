@@ -33,6 +33,23 @@ COLUMNS = [
 SIDE_BY_SIDE_METRICS = ("throughput", "latency_ms.p50", "latency_ms.p99")
 
 
+def _slice_columns(done: pd.DataFrame) -> list[tuple[str, str]]:
+    """Each class's and each stage's throughput and p99 (docs/workloads.md), after the
+    whole trial's columns: "get p99 ms", "stage 1 throughput"."""
+    out = []
+    for c in sorted(done.columns):
+        parts = c.split(".")
+        if len(parts) < 4 or parts[1] not in ("classes", "stages") or not done[c].notna().any():
+            continue
+        what = ".".join(parts[3:])
+        name = parts[2] if parts[1] == "classes" else f"stage {parts[2]}"
+        if what == "throughput":
+            out.append((c, f"{name} throughput"))
+        elif what == "latency_ms.p99":
+            out.append((c, f"{name} p99 ms"))
+    return out
+
+
 @dataclass
 class Table:
     title: str
@@ -50,6 +67,7 @@ def summaries(ts: TrialSet) -> list[Table]:
     )
     cols = [(c, label) for c, label in COLUMNS if c in done and done[c].notna().any()]
     cols += [(c, c.removeprefix("metrics.quality.")) for c in extra]
+    cols += _slice_columns(done)
     out = []
     for service, part in runs.groupby(runs["params.service.name"].fillna("?")):
         ok = done[done["params.service.name"] == service]
