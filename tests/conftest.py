@@ -35,7 +35,10 @@ pytest_plugins: list[str] = [
 
 # Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`) the tests of one area share
 # a worker, so each session-scoped server (the Slurm cluster, llama.cpp, PostgreSQL, ...)
-# starts once, and two Slurm clusters never contend for one machine.
+# and each module's fixture start once, and two Slurm clusters never contend for one
+# machine. Two conditions, checked by test_groups_reach_xdist below: this hook runs before
+# xdist's (which reads the groups off the items as it collects them), and pytest < 9
+# (xdist 3.8 names a group's items through Item._nodeid, which pytest 9 no longer reads).
 _AREA_GROUP = {
     "slurm": "slurm",
     "multinode": "multinode",
@@ -49,6 +52,7 @@ _AREA_GROUP = {
 }
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups off the items
 def pytest_collection_modifyitems(config, items):
     tests = Path(__file__).resolve().parent
     for item in items:
