@@ -19,15 +19,26 @@ only how its database does each step:
 Phases recorded: ``dataset``, ``train`` (if any), ``ingest`` (vectors/s),
 ``build`` (if any). ``quality.recall_at_<k>`` is measured after the load over
 every query, ``batch`` queries per call as under load, against the exact
-neighbours (of the vectors passing the filter, when there is one).
+neighbours (of the vectors passing the filter, when there is one), with its
+per-query percentiles and the recall counted by distance (``_eps``).
+
+Search during ingest (``service.stream``, ``mix={search: .., insert: ..}``): setup
+ingests only the first ``initial_fraction`` of the base vectors, an ``insert``
+request adds the next ``stream.insert_batch``, and the harness judges sampled
+searches against the vectors acknowledged when each was sent and measures how
+soon an inserted vector is found (``stream.py``, docs/vectordb.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import re
+import tempfile
+import threading
+import time
 from abc import abstractmethod
 from typing import Any, ClassVar, Literal
 
@@ -36,7 +47,15 @@ import psutil
 from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.base import ConfigRefused, Driver, DriverError, RunSettings, ServiceSettings
-from drivers.vectordb.dataset import ATTR_RANGE, DatasetSettings, Metric, load, recall_at_k
+from drivers.vectordb import stream
+from drivers.vectordb.dataset import (
+    ATTR_RANGE,
+    DatasetSettings,
+    Metric,
+    exact_search,
+    load,
+    recall_at_k,
+)
 
 log = logging.getLogger("benchflow.vectordb")
 
@@ -59,6 +78,12 @@ class SearchSettings(BaseModel):
     k: int = Field(10, ge=1, le=16384)
     ef: int = Field(64, ge=1, description="HNSW: search breadth")
     nprobe: int = Field(16, ge=1, description="IVF: lists probed")
+    recall_epsilon: float = Field(
+        1e-3,
+        ge=0,
+        description="recall by distance: a neighbour within (1+ε) of the k-th true "
+        "distance counts (quality.recall_at_<k>_eps)",
+    )
 
 
 class FilterSettings(BaseModel):
@@ -77,10 +102,30 @@ class FilterSettings(BaseModel):
         return max(1, round(self.selectivity * ATTR_RANGE))
 
 
+class StreamSettings(BaseModel):
+    """Search during ingest (VectorDBBench's streaming case); the defaults are "off"."""
+
+    model_config = ConfigDict(extra="forbid")
+    initial_fraction: float = Field(
+        1.0, gt=0, le=1, description="share of the base vectors ingested in setup; 1 = all"
+    )
+    insert_batch: int = Field(100, ge=1, description="vectors one insert request adds")
+    recall_samples: int = Field(
+        2000, ge=0, description="queries sampled for the live-set recall (0: none)"
+    )
+    freshness_every: int = Field(
+        50, ge=0, description="probe the freshness of every n-th insert request (0: none)"
+    )
+    freshness_timeout_s: float = Field(
+        10, gt=0, description="an inserted vector not found by then is a freshness timeout"
+    )
+
+
 class VectorDBSettings(ServiceSettings):
     index: IndexSettings = Field(default_factory=IndexSettings)
     search: SearchSettings = Field(default_factory=SearchSettings)
     filter: FilterSettings = Field(default_factory=FilterSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
     ingest_batch: int = Field(10000, ge=1, description="vectors per insert call")
     dataset: DatasetSettings = Field(default_factory=DatasetSettings)
 
@@ -116,6 +161,11 @@ class VectorDBDriver(Driver):
     name_rule: ClassVar[tuple[str, str]] = (r"^[A-Za-z_][A-Za-z0-9_]{0,254}$", "")
     # Attributes that never travel to client processes (clients=N pickles the driver).
     local_only: ClassVar[tuple[str, ...]] = ("data", "server")
+    # The engine numbers vectors in the order they arrive (FAISS): live inserts are
+    # then claimed and made one at a time, so ids stay the dataset's row numbers.
+    ordered_inserts: ClassVar[bool] = False
+    # A search during ingest is of one of these classes (docs/vectordb.md).
+    mix_classes = ("search", "insert")
 
     settings: VectorDBSettings
 
@@ -126,6 +176,46 @@ class VectorDBDriver(Driver):
         self.created = False
         self.queries: np.ndarray | None = None
         self.truth: np.ndarray | None = None
+        # Search during ingest (None unless service.stream.initial_fraction < 1).
+        self.stream_base: np.ndarray | None = None  # every base vector, as inserted
+        self.cursor: stream.Cursor | None = None
+        self.search_log: stream.SearchLog | None = None
+        self.probe: stream.FreshnessProbe | None = None
+        self._probe_state: Any = None
+        self._measuring = False
+        self._order_lock = threading.Lock()
+        self._inserts_measured = itertools.count(1)
+
+    @property
+    def streaming(self) -> bool:
+        """Whether setup leaves vectors for the load to insert (search during ingest)."""
+        return self.settings.stream.initial_fraction < 1
+
+    @classmethod
+    def initial_count(cls, settings: VectorDBSettings, n: int) -> int:
+        """Base vectors ingested in setup: the first ``initial_fraction`` of ``n``."""
+        f = settings.stream.initial_fraction
+        return n if f >= 1 else int(f * n)
+
+    @classmethod
+    def inactive_keys(cls, settings: VectorDBSettings) -> tuple[str, ...]:
+        """Search during ingest and the recall's ε at their defaults change nothing
+        measured before they existed: left out of params and hashes."""
+        out = []
+        if settings.stream == StreamSettings():
+            out.append("stream")
+        eps = SearchSettings.model_fields["recall_epsilon"].default
+        if settings.search.recall_epsilon == eps:
+            out.append("search.recall_epsilon")
+        return tuple(out)
+
+    @classmethod
+    def headline_for(cls, settings: VectorDBSettings, run: RunSettings | None):
+        # Inserts carry vectors and searches queries: their sum is no one thing, so a
+        # mix with inserts headlines calls/s (per class: rates.queries_per_s).
+        if run is not None and "insert" in dict(run.mix):
+            return "requests"
+        return cls.headline(settings)
 
     # -- checks (no I/O beyond file headers) ----------------------------------------
     @classmethod
@@ -187,6 +277,47 @@ class VectorDBDriver(Driver):
         if s.mode == "embedded" and run.clients > 1:
             raise ConfigRefused(
                 "clients", run.clients, f"{cls.name} embedded runs in this process; use clients=1"
+            )
+        cls._check_stream(s, run, n)
+
+    @classmethod
+    def _check_stream(cls, s: VectorDBSettings, run: RunSettings, n: int) -> None:
+        f, mix = s.stream.initial_fraction, dict(run.mix)
+        if "insert" in mix and f >= 1:
+            raise ConfigRefused(
+                "mix.insert",
+                mix["insert"],
+                "inserts need vectors left to insert: set service.stream.initial_fraction "
+                "below 1 (e.g. 0.5)",
+            )
+        if f >= 1:
+            return
+        if run.clients > 1:
+            raise ConfigRefused(
+                "clients",
+                run.clients,
+                "search during ingest keeps its insert cursor and samples in this process; "
+                "use clients=1 (and concurrency for parallel requests)",
+            )
+        if getattr(s, "if_exists", None) == "reuse":
+            raise ConfigRefused(
+                "service.if_exists",
+                "reuse",
+                "search during ingest builds its collection from the initial fraction; "
+                "use fail or drop",
+            )
+        n0 = cls.initial_count(s, n)
+        if n0 < s.search.k:
+            raise ConfigRefused(
+                "service.stream.initial_fraction",
+                f,
+                f"ingests {n0} vectors, fewer than k ({s.search.k})",
+            )
+        if s.index.type == "IVF" and n0 < s.index.nlist:
+            raise ConfigRefused(
+                "service.stream.initial_fraction",
+                f,
+                f"ingests {n0} vectors to train IVF on, fewer than index.nlist ({s.index.nlist})",
             )
 
     # -- engine hooks -----------------------------------------------------------------
@@ -292,14 +423,26 @@ class VectorDBDriver(Driver):
             notes.append(f"memory not measured: the {self.name} server is remote")
         extra.update({f"index.{k}": v for k, v in self.engine_figures().items()})
         n = self.count()
+        n0 = self.initial_count(s, len(self.data.base))
         if n is not None:
             extra["index.ntotal"] = float(n)
-            if n != len(self.data.base):
+            if n != n0:
                 raise DriverError(
-                    f"{self.name} holds {n} vectors after ingest, the dataset has "
-                    f"{len(self.data.base)}",
+                    f"{self.name} holds {n} vectors after ingest, {n0} were inserted",
                     "ingest_incomplete",
                 )
+        if self.streaming:
+            self._stream_setup(n0)
+
+    def _stream_setup(self, n0: int) -> None:
+        s, run = self.settings.stream, self.trial.run
+        base = np.ascontiguousarray(self.prepare(self.data.base), dtype=np.float32)
+        self.stream_base = base
+        self.cursor = stream.Cursor(n0, len(base))
+        if s.recall_samples:
+            cap = -(-s.recall_samples // run.batch)  # requests: batch queries each
+            self.search_log = stream.SearchLog(cap, run.seed)
+        self.trial.extra["stream.initial_vectors"] = float(n0)
 
     def _resolve_existing(self, have: tuple[int, int]) -> bool:
         """Decide what to do with a collection that is already there; True: reuse it."""
@@ -335,8 +478,11 @@ class VectorDBDriver(Driver):
 
     def _ingest(self) -> None:
         s, data = self.settings, self.data
-        base = np.ascontiguousarray(self.prepare(data.base), dtype=np.float32)
-        attr = data.attr
+        # Search during ingest: only the initial fraction now (the IVF is trained on it
+        # too, as a live index would be), the rest by the load's insert requests.
+        n0 = self.initial_count(s, len(data.base))
+        base = np.ascontiguousarray(self.prepare(data.base[:n0]), dtype=np.float32)
+        attr = data.attr[:n0]
         self.create(data.dim)
         self.created = True
         if self.needs_training():
@@ -354,18 +500,84 @@ class VectorDBDriver(Driver):
             total = self.trial.phases["ingest"]["seconds"] + fig["seconds"]
             fig["vectors_per_s_with_ingest"] = len(base) / total if total else 0.0
 
+    def query_start(self, ctx) -> int:
+        """Index of a request's first query: consecutive requests, each worker from its
+        own offset."""
+        return (ctx.seq * self.trial.run.batch + ctx.worker * 7919) % len(self.queries)
+
     def query_batch(self, ctx) -> np.ndarray:
-        """The ``batch`` queries of one request: consecutive, each worker from its own offset."""
-        b, nq = self.trial.run.batch, len(self.queries)
-        start = (ctx.seq * b + ctx.worker * 7919) % nq
+        """The ``batch`` queries of one request (see :meth:`query_start`)."""
+        b = self.trial.run.batch
+        start = self.query_start(ctx)
         q = self.queries[start : start + b]
         if len(q) < b:  # wrap around the query set
             q = np.concatenate([q, self.queries[: b - len(q)]])
         return q
 
     def operation(self, ctx) -> int:
-        self.search(ctx.state, self.query_batch(ctx), self.settings.search.k)
-        return self.trial.run.batch
+        if self.cursor is None:  # the static case: nothing else on the hot path
+            self.search(ctx.state, self.query_batch(ctx), self.settings.search.k)
+            return self.trial.run.batch
+        if ctx.cls == "insert":
+            return self._insert_live()
+        k, b = self.settings.search.k, self.trial.run.batch
+        n_at_send = self.cursor.n_ack  # the live set: every insert acknowledged by now
+        ids = self.search(ctx.state, self.query_batch(ctx), k)
+        log_ = self.search_log
+        if log_ is not None and self._measuring:
+            slot = log_.slot()
+            if slot is not None:
+                qidx = (self.query_start(ctx) + np.arange(b)) % len(self.queries)
+                log_.put(slot, qidx, n_at_send, _pad(ids, k))
+        return b
+
+    def _insert_live(self) -> int:
+        """One insert request: the next ``stream.insert_batch`` vectors of the dataset."""
+        c, b = self.cursor, self.settings.stream.insert_batch
+        lock = self._order_lock if self.ordered_inserts else contextlib.nullcontext()
+        with lock:
+            start, end = c.claim(b)
+            try:
+                self.insert(start, self.stream_base[start:end], self.data.attr[start:end])
+            except BaseException:
+                c.fail(start, end)
+                raise
+            c.ack(start, end)
+        acked = time.perf_counter()
+        every = self.settings.stream.freshness_every
+        if self.probe is not None and self._measuring and next(self._inserts_measured) % every == 0:
+            vid = self._probe_id(start, end)
+            if vid is not None:
+                self.probe.add(vid, self.stream_base[vid], acked)
+        return end - start
+
+    def _probe_id(self, start: int, end: int) -> int | None:
+        """The vector of a batch whose freshness is probed: the first one a filtered
+        search can return (None: none of them passes the filter)."""
+        t = self.settings.filter.threshold
+        if t is None:
+            return start
+        ok = np.flatnonzero(self.data.attr[start:end] < t)
+        return start + int(ok[0]) if len(ok) else None
+
+    def measure_start(self) -> None:
+        self._measuring = True
+        mix = dict(self.trial.run.mix)
+        if self.cursor is not None and self.settings.stream.freshness_every and "insert" in mix:
+            # Its own connection, searching from its own thread: the measured requests
+            # neither wait for it nor see its searches in their figures.
+            self._probe_state = self.open_worker(self.trial.run.concurrency)
+            self.probe = stream.FreshnessProbe(
+                self.search,
+                self._probe_state,
+                self.settings.search.k,
+                self.settings.stream.freshness_timeout_s,
+                batch=min(stream.PROBE_BATCH, self.max_batch or stream.PROBE_BATCH),
+            )
+
+    def measure_end(self) -> dict[str, float]:
+        self._measuring = False
+        return {}
 
     def search_all(self) -> np.ndarray:
         """Neighbour ids of every query, searched ``batch`` at a time (as under load)."""
@@ -382,6 +594,12 @@ class VectorDBDriver(Driver):
 
     def quality(self) -> dict[str, float]:
         k = self.settings.search.k
+        out: dict[str, float] = {}
+        truth = self.truth
+        if self.cursor is not None:
+            self._stop_probe(wait=True)
+            out.update(self._stream_recall())
+            truth = self._live_truth()
         try:
             found = self.search_all()
         except Exception as exc:  # a SUT that died under load: the trial keeps its figures
@@ -390,8 +608,106 @@ class VectorDBDriver(Driver):
                 f"recall not measured: the search after the load failed "
                 f"({self.classify_error(exc)}: {str(exc)[:200]})"
             )
+            return out
+        name = f"recall_at_{k}"
+        out.update(stream.percentiles(stream.per_query_recall(found, truth, k), name))
+        # The mean as before (hits over all true neighbours): equal to the mean of the
+        # per-query figures unless a filter leaves some query fewer than k neighbours.
+        out[name] = recall_at_k(found, truth, k)
+        eps = stream.recall_by_distance(
+            self.data.base,
+            self.data.queries,
+            found,
+            truth,
+            self.settings.index.metric,
+            k,
+            self.settings.search.recall_epsilon,
+            self._excluded(),
+        )
+        eps = eps[~np.isnan(eps)]
+        if len(eps):
+            out[f"{name}_eps"] = float(eps.mean())
+        return out
+
+    # -- search during ingest: after the load ---------------------------------------------
+    def _excluded(self) -> np.ndarray | None:
+        """Base ids that are no candidates: the filter's rejects and, when streaming,
+        the vectors of failed inserts (in the index or not: nobody knows)."""
+        t = self.settings.filter.threshold
+        mask = None if t is None else self.data.attr >= t
+        failed = self.cursor.failed if self.cursor is not None else []
+        if failed:
+            mask = np.zeros(len(self.data.base), bool) if mask is None else mask.copy()
+            for a, b in failed:
+                mask[a:b] = True
+        return mask
+
+    def _live_truth(self) -> np.ndarray:
+        """Exact neighbours of every query over the vectors live after the load."""
+        k, n = self.settings.search.k, self.cursor.n_ack
+        excluded = self._excluded()
+        allowed = np.arange(n) if excluded is None else np.flatnonzero(~excluded[:n])
+        self.trial.extra["stream.live_vectors_end"] = float(len(allowed))
+        metric = self.settings.index.metric
+        return exact_search(self.data.base[:n], self.data.queries, metric, k, allowed)
+
+    def _stream_recall(self) -> dict[str, float]:
+        """The live-set recall of the sampled searches; the sample as an artifact."""
+        k, c, extra = self.settings.search.k, self.cursor, self.trial.extra
+        failed = sum(b - a for a, b in c.failed)
+        extra["stream.inserted_vectors"] = float(c.n_ack - extra["stream.initial_vectors"] - failed)
+        extra["stream.failed_vectors"] = float(failed)
+        with contextlib.suppress(Exception):  # a dead SUT: the count is only a cross-check
+            n = self.count()
+            if n is not None:
+                extra["stream.ntotal_end"] = float(n)
+        if self.search_log is None:
             return {}
-        return {f"recall_at_{k}": recall_at_k(found, self.truth, k)}
+        qidx, n_send, ids = self.search_log.arrays(k)
+        extra["stream.recall_queries"] = float(len(qidx))
+        self._attach_searches(qidx, n_send, ids)
+        if not len(qidx):
+            return {}
+        truth = stream.exact_prefix_topk(
+            self.data.base,
+            self.data.queries,
+            qidx,
+            n_send,
+            self.settings.index.metric,
+            k,
+            self._excluded(),
+        )
+        per_query = stream.live_recall(ids, truth, n_send, k, c.failed)
+        return stream.percentiles(per_query, f"stream_recall_at_{k}")
+
+    def _attach_searches(self, qidx: np.ndarray, n_send: np.ndarray, ids: np.ndarray) -> None:
+        """``custom/stream_searches.npz``: what the live-set recall was computed from, so
+        anyone can recompute it (query index, live vectors at send, ids returned)."""
+        failed = np.asarray(self.cursor.failed, np.int64).reshape(-1, 2)
+        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=self.trial.trial_dir)
+        os.close(fd)
+        try:
+            np.savez(tmp, query=qidx, n_at_send=n_send, ids=ids, failed=failed)
+            self.trial.attach(tmp, "stream_searches.npz")
+        finally:
+            os.unlink(tmp)
+
+    def _stop_probe(self, wait: bool) -> None:
+        """End the freshness thread; with ``wait``, let its pending vectors finish (each
+        within its timeout) and put its figures in ``extra``."""
+        probe = self.probe
+        if probe is None:
+            return
+        self.probe = None
+        probe.stop(self.settings.stream.freshness_timeout_s + 5 if wait else 1)
+        if wait:
+            self.trial.extra.update(probe.figures())
+            if probe.error:
+                self.trial.notes.append(f"freshness probing stopped: {probe.error}")
+        if not probe.alive:
+            with contextlib.suppress(Exception):
+                self.close_worker(self._probe_state)
+        self._probe_state = None
 
     def sut_pids(self) -> list[int]:
         return [self.server.pid] if self.server is not None else []
@@ -407,6 +723,7 @@ class VectorDBDriver(Driver):
         return super().classify_error(exc)
 
     def teardown(self) -> None:
+        self._stop_probe(wait=False)  # before the collection goes
         try:
             if self.created and not getattr(self.settings, "keep", False):
                 self.drop()
@@ -422,9 +739,11 @@ class VectorDBDriver(Driver):
         # Client processes get the queries and settings; connections are made in
         # open_worker() there, and the base vectors and server handle stay here.
         state = dict(self.__dict__)
-        for key in self.local_only:
+        for key in (*self.local_only, "stream_base"):
             if key in state:
                 state[key] = None
+        # Locks and counters do not pickle (and search during ingest needs clients=1).
+        state["_order_lock"] = state["_inserts_measured"] = None
         return state
 
 

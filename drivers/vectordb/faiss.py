@@ -6,6 +6,11 @@ ceiling the databases are compared with. The index lives in this process, so
 ``clients`` must be 1 and memory is this process's RSS (plus the GPU's used
 memory with ``device=cuda``). Cosine is inner product on normalized vectors.
 Filtered search passes a bitmap ``IDSelector`` of the vectors that qualify.
+
+Search during ingest: a FAISS index takes concurrent searches but nothing may
+search it while vectors are added, so then searches share a readers–writer lock
+that an insert holds alone; and FAISS numbers vectors in the order they are
+added, so live inserts are made one at a time in id order (``ordered_inserts``).
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from drivers.base import ConfigRefused
+from drivers.base import ConfigRefused, DriverError
 from drivers.vectordb.base import VectorDBDriver, VectorDBSettings
 from drivers.vectordb.dataset import normalized
+from drivers.vectordb.stream import RWLock
 
 _this_thread = threading.local()
 
@@ -50,6 +56,7 @@ class FaissDriver(VectorDBDriver):
     Settings = FaissSettings
     supports_clients = False
     client_library = "faiss-cpu"
+    ordered_inserts = True
 
     settings: FaissSettings
 
@@ -96,6 +103,8 @@ class FaissDriver(VectorDBDriver):
         self.index = None
         self.params = None
         self.gpu_resources = None
+        # Only when the load inserts: the static case keeps its lock-free searches.
+        self._rw = RWLock() if self.streaming else None
         if self.settings.threads:
             faiss.omp_set_num_threads(self.settings.threads)
         if self.settings.device == "cuda":
@@ -141,8 +150,21 @@ class FaissDriver(VectorDBDriver):
         self.index.train(base)
 
     def insert(self, start: int, vectors: np.ndarray, attr: np.ndarray) -> None:
-        # FAISS numbers vectors in the order they are added: ids are start.. by construction.
-        self.index.add(vectors)
+        # FAISS numbers vectors in the order they are added: ids are start.. by construction
+        # (the base class makes live inserts one at a time, in order).
+        if self._rw is None:
+            self.index.add(vectors)
+            return
+        self._rw.acquire_write()
+        try:
+            if self.index.ntotal != start:
+                raise DriverError(
+                    f"FAISS holds {self.index.ntotal} vectors, the insert starts at id {start}",
+                    "insert_out_of_order",
+                )
+            self.index.add(vectors)
+        finally:
+            self._rw.release_write()
 
     def apply_search_params(self) -> None:
         f, ix, sp = self.faiss, self.settings.index, self.settings.search
@@ -176,6 +198,15 @@ class FaissDriver(VectorDBDriver):
             # start with the process default, not what connect() set in this one.
             self.faiss.omp_set_num_threads(threads)
             _this_thread.omp_threads = threads
+        if self._rw is None:
+            return self._search(queries, k)
+        self._rw.acquire_read()
+        try:
+            return self._search(queries, k)
+        finally:
+            self._rw.release_read()
+
+    def _search(self, queries: np.ndarray, k: int) -> np.ndarray:
         if self.params is None:
             return self.index.search(queries, k)[1]
         return self.index.search(queries, k, params=self.params)[1]
