@@ -27,6 +27,10 @@ class NoopDriver(Driver):
     batch_meaning = "items reported per operation"
     mix_classes = "any"  # classes change nothing: the bookkeeping's cost is what is measured
 
+    @classmethod
+    def inactive_keys(cls, settings) -> tuple[str, ...]:
+        return ("keys",) if not settings.keys else ()
+
     def __init__(self, settings: NoopSettings, trial) -> None:
         super().__init__(settings, trial)
         self.batch = trial.run.batch

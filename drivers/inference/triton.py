@@ -41,6 +41,7 @@ from benchflow.sut.servers import free_port
 from drivers.base import ConfigRefused, Driver, DriverError, ServiceSettings
 from drivers.inference import launchers
 from drivers.inference.launchers import ContainerSettings, PytritonOptions
+from drivers.inference.server_metrics import scrape
 from drivers.inference.triton_http import InferConnection, build_request
 
 log = logging.getLogger("benchflow.drivers.triton")
@@ -154,6 +155,7 @@ class TritonDriver(Driver):
         super().__init__(settings, trial)
         self.server = None
         self.url = ""
+        self._metrics_url: str | None = None  # a launched server's metrics port
         self.inputs: list[_Tensor] = []
         self.outputs: list[_Tensor] = []
         self.max_batch_size = 0
@@ -181,6 +183,7 @@ class TritonDriver(Driver):
         s = self.settings
         http, grpc, metrics = free_port(), free_port(), free_port()
         self.url = f"127.0.0.1:{grpc if s.protocol == 'grpc' else http}"
+        self._metrics_url = f"http://127.0.0.1:{metrics}/metrics"
         if s.launcher == "pytriton":
             self._workspace = tempfile.TemporaryDirectory(prefix="bf-pytriton-")
             launch = launchers.pytriton(
@@ -521,6 +524,15 @@ class TritonDriver(Driver):
             c.close()
         stats = raw.get("model_stats") or []
         return stats[0] if stats else None
+
+    def server_sample(self) -> dict[str, float]:
+        """Triton's Prometheus gauges (``nv_*``: requests pending, GPU and CPU use) from
+        the metrics port of a server this trial launched; none for a server of yours."""
+        url = getattr(self, "_metrics_url", None)
+        if url is None:
+            return {}
+        snap = scrape(url, "nv_", timeout_s=2.0)
+        return {name[3:]: v for name, (kind, v) in snap.items() if kind == "gauge"}
 
     def measure_start(self) -> None:
         self._stats_before = self._stats()

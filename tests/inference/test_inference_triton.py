@@ -132,6 +132,9 @@ def test_embedded_pytriton_launch_and_teardown(workdir):
     assert m["errors"]["count"] == 0 and m["resource"]["scope"] == "sut_process"
     assert (tdir / "logs" / "pytriton.err").exists()
     assert group_gone(launched_pid(tdir, "pytriton"))
+    # the server's side as series: Triton's own gauges from its metrics port
+    header = (tdir / "server.csv").read_text().splitlines()[0].split(",")
+    assert any(h.startswith("inference_pending_request_count") for h in header), header
 
 
 def test_triton_that_never_becomes_ready_fails_cleanly(workdir):
