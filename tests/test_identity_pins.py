@@ -12,7 +12,8 @@ import pytest
 from benchflow.config import compose_trials
 from benchflow.results.identity import config_hash
 
-# config_hash(spec, driver_version="x") of `service=NAME` at its defaults
+# config_hash(spec, driver_version="x") of `service=NAME data_dir=/pinned` at its defaults
+# (data_dir itself is not identity, but a path under it is: triton's model_repository)
 PINNED = {
     "chroma": "b83efd6a13613526",
     "faiss": "baf9e6d901879c6b",
@@ -25,7 +26,7 @@ PINNED = {
     "qa": "bed1b0d9392275ec",
     "s3": "a93b30c9298ab313",
     "sleep": "18d4a49a10933d41",
-    "triton": "7d6f4f18b35b9819",
+    "triton": "c9ef8a62bdd37f57",
     "vllm": "282fe1c92c1bc1a9",
     "weaviate": "fd1874a7b08fa9be",
 }
@@ -33,5 +34,5 @@ PINNED = {
 
 @pytest.mark.parametrize("service", sorted(PINNED))
 def test_a_shipped_service_keeps_its_identity(service):
-    (spec,) = compose_trials([f"service={service}"], False, open_target=True)
+    (spec,) = compose_trials([f"service={service}", "data_dir=/pinned"], False, open_target=True)
     assert config_hash(spec, "x") == PINNED[service]
