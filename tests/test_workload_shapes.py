@@ -123,7 +123,8 @@ def test_stages_on_the_sleep_server_reach_each_stage_rate(workdir):
     trial = Path(m["_dir"])
     rows = read_csv(trial / "server.csv")
     served = [float(r["served"]) for r in rows if r["served"]]
-    assert len(served) >= 8 and served == sorted(served) and served[-1] >= 1650
+    # (the last sample may come before the last requests end)
+    assert len(served) >= 8 and served == sorted(served) and served[-1] >= 1500
     names = {x.key for x in series_metrics(trial, workdir.meta(trial))}
     assert {"server/in_flight", "server/served", "timeseries/throughput"} <= names
 
@@ -233,7 +234,7 @@ def test_bad_workload_settings_exit_2_naming_the_key(workdir, tmp_path):
         ),
         (["stages=[{concurrency: 4, duration_s: 1}]"], "stages"),  # concurrency=1 < 4
         (["mix={a: -1, b: 2}"], "mix"),
-        (["service=faiss", "mix={search: 1}"], "mix"),  # a driver without classes
+        (["service=triton", "mix={infer: 1}"], "mix"),  # a driver without classes
         ([f"trace.path={tmp_path}/missing.jsonl"], "trace.path"),
         ([f"trace.path={bad}", "rate=10"], "trace.path"),
         (["access.distribution=pareto"], "access.distribution"),
@@ -261,7 +262,9 @@ def test_workload_keys_at_their_defaults_leave_params_and_hashes_as_they_were():
     for key in ("stages", "mix", "trace", "access", "arrival_burstiness"):
         assert key not in spec.resolved
     (staged,) = compose_trials(["service=sleep", "stages=[{rate: 5, duration_s: 1}]"], False)
-    assert staged.resolved["stages"] == [{"rate": 5, "duration_s": 1, "ramp": False}]
+    assert staged.resolved["stages"] == [
+        {"rate": 5, "concurrency": None, "duration_s": 1, "ramp": False}
+    ]
     (mixed,) = compose_trials(["service=sleep", "mix={a: 1, b: 3}"], False)
     assert mixed.resolved["mix"] == {"a": 0.25, "b": 0.75}
 

@@ -181,6 +181,7 @@ class Engine:
             buf = rec.buffer()
             ctx = RequestContext(w, states[w], buf)
             add, n, flushed = buf.add, 0, 0
+            lane = mix.stream(w) if mix and sched is None else None  # closed loop
             while True:
                 if sched is not None:
                     slot = sched.take()
@@ -202,7 +203,7 @@ class Engine:
                         continue
                     if quota is not None and not quota.take():
                         return
-                    cls = mix.class_of(n, w) if mix else 0
+                    cls = next(lane) if lane is not None else 0
                     start = intended = pc()
                     if deadline.at is not None and start >= deadline.at:
                         return
@@ -488,8 +489,12 @@ class _Quota:
 
 
 def _raise_schedule_error(sched: Schedule | None) -> None:
-    """A trace that broke off mid-phase fails the trial, naming its file and line."""
-    if sched is not None and sched.error is not None:
+    """A trace that broke off mid-phase fails the trial, naming its file and line (and
+    a trace's reader stops, whatever ended the phase)."""
+    if sched is None:
+        return
+    sched.release()
+    if sched.error is not None:
         raise sched.error
 
 

@@ -41,6 +41,14 @@ class Mix:
         rng = np.random.default_rng([self._seed, self._stream, _MIX_STREAM, lane, k])
         return np.searchsorted(self._cdf, rng.random(_CHUNK), side="right").tolist()
 
+    def stream(self, lane: int):
+        """The classes of requests 0, 1, 2, ... of ``lane``, as ``class_of`` gives them:
+        for one closed-loop worker's hot path (``next(it)``)."""
+        k = 0
+        while True:
+            yield from self._chunk(lane, k)
+            k += 1
+
     def class_of(self, i: int, lane: int = 0) -> int:
         """The class index of request ``i`` of ``lane``."""
         k, j = divmod(i, _CHUNK)

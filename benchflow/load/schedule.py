@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -119,6 +121,8 @@ class Schedule:
                 self._trace_iter = itertools.takewhile(
                     lambda r: r.offset_ns < cut, self._trace_iter
                 )
+            self._ahead = _ReadAhead(self._trace_iter)
+            self._ahead.wait_first()  # the first chunk is read before the phase starts
         elif stages:
             self._stages(stages)
         else:
@@ -188,10 +192,7 @@ class Schedule:
     def _extend(self) -> bool:
         """The next chunk: of the trace, or of a count-bounded process's gaps."""
         if self._trace_iter is not None:
-            try:
-                chunk = list(itertools.islice(self._trace_iter, _CHUNK))
-            except ValueError as exc:  # benchflow.workload.trace.TraceError: file and line
-                self.error, chunk = exc, []
+            chunk, self.error = self._ahead.next_chunk()
             if not chunk:
                 self.count = self._buf_start + len(self._buf)
                 return False
@@ -208,6 +209,12 @@ class Schedule:
         self._buf_start += len(self._buf)
         self._buf = _to_ns(times)
         return True
+
+    def release(self) -> None:
+        """The phase is over: stop reading ahead (a trace schedule's reader thread)."""
+        ahead = getattr(self, "_ahead", None)
+        if ahead is not None:
+            ahead.stop()
 
     def close(self) -> None:
         """Hand out no more slots (a phase that ended early: duration_s=auto)."""
@@ -227,6 +234,69 @@ class Schedule:
             self._next = i + 1
             item = self._items[i - self._buf_start] if self._items is not None else None
             return i, off, item
+
+
+class _ReadAhead:
+    """Reads a trace ahead of the replay on a thread of its own, in chunks.
+
+    The replay must never wait for the file: a chunk read on the dispatching thread
+    would hold every request behind it (tens of milliseconds per thousand lines). The
+    reader gives up the interpreter every few lines, so the dispatching threads wait
+    for it at most that long, and stays at most a few chunks ahead (memory bounded).
+    """
+
+    CHUNK = 8192
+    AHEAD = 4  # chunks
+    YIELD_EVERY = 32  # lines
+
+    def __init__(self, it) -> None:
+        self._q: queue.Queue = queue.Queue(maxsize=self.AHEAD)
+        self._it = it
+        self._first = threading.Event()
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, name="bf-trace-reader", daemon=True).start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        chunk: list = []
+        try:
+            for n, rec in enumerate(self._it, 1):
+                chunk.append(rec)
+                if n % self.YIELD_EVERY == 0:
+                    time.sleep(0)  # let the dispatching threads have the interpreter
+                if len(chunk) == self.CHUNK:
+                    if not self._put((chunk, None)):
+                        return  # the phase is over
+                    self._first.set()
+                    chunk = []
+            if chunk:
+                self._put((chunk, None))
+            self._put(([], None))
+        except ValueError as exc:  # benchflow.workload.trace.TraceError: file and line
+            if chunk:
+                self._put((chunk, None))
+            self._put(([], exc))
+        finally:
+            self._first.set()
+
+    def stop(self) -> None:
+        """The phase is over: the reader stops (and lets go of the file)."""
+        self._stop.set()
+
+    def wait_first(self) -> None:
+        self._first.wait()
+
+    def next_chunk(self) -> tuple[list, Exception | None]:
+        """The next chunk ([] at the end) and the error that ended the trace, if any."""
+        return self._q.get()
 
 
 def _to_ns(seconds: np.ndarray) -> np.ndarray:

@@ -43,14 +43,14 @@ class NoopDriver(Driver):
     def open_worker(self, worker: int):
         if not self.settings.keys:
             return None
-        return KeyChooser(self.settings.keys, self.access, self.seed, stream=worker)
+        return KeyChooser(self.settings.keys, self.access, self.seed, stream=worker).stream()
 
     def operation(self, ctx) -> int:
         if ctx.state is not None:
-            ctx.state.next()
+            next(ctx.state)
         return self.batch
 
     async def _async_operation(self, ctx) -> int:
         if ctx.state is not None:
-            ctx.state.next()
+            next(ctx.state)
         return self.batch
