@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Fixtures that start real servers, shared between test areas (tests/fixtures/<server>.py).
 pytest_plugins: list[str] = [
+    "fixtures.quiet",
     "fixtures.slurm",
     "fixtures.benchmark_packages",
     "fixtures.chroma",

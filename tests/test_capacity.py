@@ -244,7 +244,9 @@ def _curve(workdir, run_id: str) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # a search is a dozen trials
-def test_capacity_on_the_md1_sleep_server_matches_the_simulated_truth(workdir, md1_truth):
+def test_capacity_on_the_md1_sleep_server_matches_the_simulated_truth(
+    workdir, md1_truth, quiet_machine
+):
     """The largest Poisson rate at which p99 <= 50 ms: within 5% below the M/D/1 truth,
     and not above it by more than the answer's own interval plus the sampling spread of
     7-s probes.
@@ -301,7 +303,7 @@ def _md1_window(rate: float, seed: int, duration_s: float, service_ms: float = 5
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # a search is a dozen trials
-def test_saturation_sweep_finds_the_ceiling_of_the_queue(workdir):
+def test_saturation_sweep_finds_the_ceiling_of_the_queue(workdir, quiet_machine):
     proc = workdir.run(
         *QUEUE,
         "search=saturation",

@@ -21,6 +21,10 @@ from benchflow.load.histogram import LogHistogram
 from benchflow.load.precision import MIN_REL, binom_ppf, interval, rank_bounds
 from benchflow.results import steady
 
+# percentiles, trends and saturation of real trials are timing: each test runs alone
+# on the machine (tests/fixtures/quiet.py)
+pytestmark = pytest.mark.usefixtures("quiet_machine")
+
 QUIET = ["progress=off", "monitor.interval_s=0.5"]
 
 

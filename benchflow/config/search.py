@@ -180,3 +180,10 @@ class SearchConfig(_Strict):
 
     def slos(self) -> list[Slo]:
         return [parse_slo(s) for s in self.slo]
+
+    @property
+    def probe_count(self) -> int:
+        """The most probe trials this search may run (what a Slurm budget counts)."""
+        if self.kind == "saturation":
+            return 2 + self.points * self.repeats
+        return self.max_trials

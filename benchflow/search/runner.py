@@ -239,13 +239,6 @@ def check_slurm_budget(
     check_budget(Plan([job] * trials, plan.launcher, plan.site))
 
 
-def probe_count(s) -> int:
-    """The most probe trials a search may run (what a Slurm budget counts)."""
-    if s.kind == "saturation":
-        return 2 + s.points * s.repeats
-    return s.max_trials
-
-
 def run_search(cfg: DictConfig) -> dict[str, Any]:
     """The Hydra job of a search; returns the curve (answer included)."""
     from hydra.core.hydra_config import HydraConfig
@@ -258,7 +251,7 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
         slurm = _slurm_overrides(hc)
         config_dir = _config_dir(hc)
         if slurm is not None:
-            check_slurm_budget(task, slurm, probe_count(spec.cfg.search), config_dir)
+            check_slurm_budget(task, slurm, spec.cfg.search.probe_count, config_dir)
     except ConfigError as exc:
         print(f"benchflow: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None

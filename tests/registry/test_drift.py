@@ -26,6 +26,7 @@ import time
 
 import pytest
 from conftest import Workdir
+from fixtures.quiet import quiet
 
 from .conftest import cli, client
 
@@ -64,6 +65,12 @@ def drift_lab(tmp_path_factory, data_dir) -> Workdir:
     """Two sweeps on the drifting service: an A/A of 10 repetitions of one
     configuration, and an interleaved A/B (service_ms 5 vs 5.5) of 5 repetitions."""
     wd = Workdir.at(tmp_path_factory.mktemp("drift"), data_dir)
+    with quiet():  # the drift under test is the server's, not the other worker's
+        _sweeps(wd)
+    return wd
+
+
+def _sweeps(wd: Workdir) -> None:
     # ~10 s until the first trial, ~3 s a trial: the level's zero crossing mid-sweep
     origin = time.time() + 10 + 15
     wd.run(
@@ -87,7 +94,6 @@ def drift_lab(tmp_path_factory, data_dir) -> Workdir:
         check=True,
         timeout=600,
     )
-    return wd
 
 
 def _compare(wd: Workdir, tmp_path, base: list[str], cand: list[str], *extra: str) -> dict:
@@ -203,7 +209,7 @@ def test_interleaved_a_b_finds_a_real_10_percent_regression_under_drift(drift_la
     assert "paired" in gated.stdout and "MDE" in gated.stdout
 
 
-def test_calibrate_logs_its_figures_and_compare_uses_them(drift_lab, tmp_path):
+def test_calibrate_logs_its_figures_and_compare_uses_them(drift_lab, tmp_path, quiet_machine):
     """`benchflow calibrate` on the sleep server (over loopback HTTP, as by default):
     an A/A of 4 interleaved pairs; its figures go to MLflow as the calibration of this
     host, and the next `compare` of sides run apart on this host uses them."""

@@ -155,15 +155,13 @@ def make_plan(overrides: list[str], multirun: bool = True, config_dir: str | Non
 
 
 def _jobs_of(num: int, job: list[str], spec: TrialSpec, site, composer) -> list[PlannedJob]:
-    """One job, or a search's probes: a search runs up to ``probe_count`` probe trials,
+    """One job, or a search's probes: a search runs up to ``search.probe_count`` probe trials,
     each a job of the probe's own request (search=none), one after another."""
     if spec.cfg.search.kind == "none":
         return [PlannedJob(num, tuple(job), spec, job_request(spec, site))]
-    from benchflow.search.runner import probe_count
-
     base = [o for o in job if not o.split("=", 1)[0].lstrip("+~").startswith("search")]
     probe = validate(composer.compose([*base, "search=none"]), tuple(base))
-    n = probe_count(spec.cfg.search)
+    n = spec.cfg.search.probe_count
     request = job_request(probe, site)
     label = f"{spec.cfg.search.kind} probe"
     return [
