@@ -79,24 +79,8 @@ def build(
     open_loop = cfg.open_loop
     elapsed = rec.elapsed_s()
     completed = rec.total
-    req_rate = completed / elapsed if elapsed else 0.0
-    size_value, size_unit = size_rate(
-        rec.size_ok / elapsed if elapsed else 0.0, driver_cls.size_unit
-    )
-    ok_rate = rec.ok / elapsed if elapsed else 0.0
-    if driver_cls.headline_for(spec.service, spec.run_settings) == "size":
-        throughput = Throughput(value=size_value, unit=size_unit)
-    else:
-        throughput = Throughput(value=ok_rate, unit="requests_per_s")
-    rates = {"requests_per_s": req_rate, "ok_requests_per_s": ok_rate, size_unit: size_value}
-
-    errors_n = sum(rec.errors.values())
-    errors = Errors(
-        rate=errors_n / completed if completed else 0.0,
-        count=errors_n,
-        timeouts=rec.timeouts,
-        by_class=dict(rec.errors),
-    )
+    throughput, rates, errors = _served(rec, elapsed, spec, driver_cls)
+    ok_rate = rates["ok_requests_per_s"]
     achieved = rec.achieved_rate() if open_loop else ok_rate
     target_rate = cfg.rate
     if cfg.stages and open_loop:  # the stages' mean offered rate
@@ -240,22 +224,35 @@ def _add_slices(result: TrialResult, rec: Recording, spec, driver_cls, rules, ex
             result.stages[name] = sl
 
 
-def _slice(sub: Recording, elapsed: float, spec, driver_cls, rules, extra: dict) -> Slice:
-    completed = sub.total
-    ok_rate = sub.ok / elapsed if elapsed else 0.0
-    size_per_s = sub.size_ok / elapsed if elapsed else 0.0
-    size_value, size_unit = size_rate(size_per_s, driver_cls.size_unit)
+def _served(rec: Recording, elapsed: float, spec, driver_cls):
+    """Headline throughput, rates and errors of a recording over ``elapsed`` seconds (the
+    whole trial's, a class's or a stage's)."""
+    completed = rec.total
+    ok_rate = rec.ok / elapsed if elapsed else 0.0
+    size_value, size_unit = size_rate(
+        rec.size_ok / elapsed if elapsed else 0.0, driver_cls.size_unit
+    )
     if driver_cls.headline_for(spec.service, spec.run_settings) == "size":
         throughput = Throughput(value=size_value, unit=size_unit)
     else:
         throughput = Throughput(value=ok_rate, unit="requests_per_s")
-    errors_n = sum(sub.errors.values())
+    rates = {
+        "requests_per_s": completed / elapsed if elapsed else 0.0,
+        "ok_requests_per_s": ok_rate,
+        size_unit: size_value,
+    }
+    errors_n = sum(rec.errors.values())
     errors = Errors(
         rate=errors_n / completed if completed else 0.0,
         count=errors_n,
-        timeouts=sub.timeouts,
-        by_class=dict(sub.errors),
+        timeouts=rec.timeouts,
+        by_class=dict(rec.errors),
     )
+    return throughput, rates, errors
+
+
+def _slice(sub: Recording, elapsed: float, spec, driver_cls, rules, extra: dict) -> Slice:
+    throughput, rates, errors = _served(sub, elapsed, spec, driver_cls)
     latency = distribution(sub.hist["latency"])
     reasons = []
     if why := too_few_samples(latency.count):
@@ -266,11 +263,7 @@ def _slice(sub: Recording, elapsed: float, spec, driver_cls, rules, extra: dict)
     ttfb = sub.hist["ttfb"]
     return Slice(
         throughput=throughput,
-        rates={
-            "requests_per_s": completed / elapsed if elapsed else 0.0,
-            "ok_requests_per_s": ok_rate,
-            size_unit: size_value,
-        },
+        rates=rates,
         latency_ms=latency,
         service_time_ms=distribution(sub.hist["service"]),
         ttfb_ms=distribution(ttfb) if ttfb.count else None,
