@@ -151,3 +151,64 @@ def test_recordings_merge_counts_and_series():
     m = Recording().merge(a).merge(b)
     assert m.ok == total and m.sec_ok.sum() == a.sec_ok.sum() + b.sec_ok.sum()
     assert m.hist["latency"].count == total
+
+
+def _columns(rng, n: int, closed: bool) -> dict[str, np.ndarray]:
+    intended = np.sort(rng.integers(0, 10**10, n)).astype(np.int64)
+    start = intended if closed else intended + rng.integers(0, 10**5, n)
+    return {
+        "intended": intended,
+        "start": start,
+        "first_byte": np.where(rng.random(n) < 0.5, start + rng.integers(1, 1000, n), 0),
+        "end": start + rng.integers(1, 10**7, n),
+        "size": rng.integers(0, 100, n),
+        "code": np.where(rng.random(n) < 0.1, rng.integers(1, 3, n), 0).astype(np.int16),
+        "cls": rng.integers(0, 3, n).astype(np.int16),
+    }
+
+
+@pytest.mark.parametrize("closed", [True, False])
+def test_each_class_and_stage_recording_equals_one_folded_from_its_rows_alone(closed):
+    """The fold buckets a batch once and hands each class and stage its rows (sorted by
+    class, sliced); what it keeps per class and per stage must be exactly what a
+    recording of only those requests keeps."""
+    rng = np.random.default_rng(7)
+    edges = [0, 3 * 10**9, 7 * 10**9]
+    names = ["get", "put", "list"]
+    rec = Recording(window_ns=10**10, class_names=names, stage_starts_ns=edges)
+    batches = [_columns(rng, 4000, closed) for _ in range(4)]
+    for c in batches:
+        rec.fold({k: v.copy() for k, v in c.items()}, {}, ["ok", "refused", "timeout"])
+    for key, sel, t0 in [
+        *((f"classes.{n}", lambda c, k=k: c["cls"] == k, 0) for k, n in enumerate(names)),
+        *(
+            (
+                f"stages.{k}",
+                lambda c, k=k: np.searchsorted(edges[1:], c["intended"], "right") == k,
+                e,
+            )
+            for k, e in enumerate(edges)
+        ),
+    ]:
+        alone = Recording(window_ns=rec.subs[key].window_ns)
+        for c in batches:
+            part = {n: v[sel(c)] for n, v in c.items()}
+            for n in ("intended", "start", "end"):
+                part[n] = part[n] - t0
+            part["first_byte"] = np.where(part["first_byte"] > 0, part["first_byte"] - t0, 0)
+            alone.fold(part, {}, ["ok", "refused", "timeout"])
+        sub = rec.subs[key]
+        for name, h in alone.hist.items():
+            assert np.array_equal(h.counts, sub.hist[name].counts), (key, name)
+            assert (h.count, h.vmin, h.vmax) == (
+                sub.hist[name].count,
+                sub.hist[name].vmin,
+                sub.hist[name].vmax,
+            )
+            assert h.total == pytest.approx(sub.hist[name].total, rel=1e-12)
+        for f in ("ok", "size_ok", "errors", "timeouts", "started", "ended_in_window"):
+            assert getattr(alone, f) == getattr(sub, f), (key, f)
+        for f in ("sec_ok", "sec_err", "sec_size", "sec_start"):
+            assert np.array_equal(getattr(alone, f), getattr(sub, f)), (key, f)
+    # and the totals are every row's
+    assert rec.started == 16000 == sum(rec.subs[f"classes.{n}"].started for n in names)

@@ -11,7 +11,10 @@ own reproducible sequence.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -41,13 +44,12 @@ class Mix:
         rng = np.random.default_rng([self._seed, self._stream, _MIX_STREAM, lane, k])
         return np.searchsorted(self._cdf, rng.random(_CHUNK), side="right").tolist()
 
-    def stream(self, lane: int):
+    def stream(self, lane: int) -> Iterator[int]:
         """The classes of requests 0, 1, 2, ... of ``lane``, as ``class_of`` gives them:
-        for one closed-loop worker's hot path (``next(it)``)."""
-        k = 0
-        while True:
-            yield from self._chunk(lane, k)
-            k += 1
+        for one closed-loop worker's hot path (``next(it)``, a C-level iterator)."""
+        return itertools.chain.from_iterable(
+            map(functools.partial(self._chunk, lane), itertools.count())
+        )
 
     def class_of(self, i: int, lane: int = 0) -> int:
         """The class index of request ``i`` of ``lane``."""

@@ -63,8 +63,10 @@ the same hot keys.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Literal
 
@@ -215,17 +217,47 @@ def _head_cumsum(theta: float) -> np.ndarray:
     return np.cumsum(np.arange(1, _HEAD + 1, dtype=np.float64) ** -theta)
 
 
+_GUIDE_CELLS = 1 << 14
+_GUIDE_STEPS = 4
+
+
+@lru_cache(maxsize=64)
+def _guide(theta: float, m: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """A guide table for searching the first ``m`` cumulative sums of the head: cell j
+    of ``[0, sum)`` starts at or after the rank it names, so a search starts there."""
+    cs = _head_cumsum(theta)[:m]
+    lows = np.arange(_GUIDE_CELLS) * (cs[-1] / _GUIDE_CELLS)
+    # one rank earlier than the cell's start: t * scale may round into the next cell
+    start = np.maximum(np.searchsorted(cs, lows, side="right") - 1, 0)
+    return start, np.append(cs, np.inf), _GUIDE_CELLS / cs[-1]
+
+
+def _search_head(t: np.ndarray, theta: float, m: int) -> np.ndarray:
+    """``np.searchsorted(head[:m], t, side="right")`` (the same integers), three times
+    as fast: from the guide table's rank, a few vectorized steps forward; what is not
+    found in ``_GUIDE_STEPS`` steps (a steep law's crowded cells) is searched."""
+    start, cs, scale = _guide(theta, m)
+    r = start[np.minimum((t * scale).astype(np.int64), _GUIDE_CELLS - 1)]
+    for _ in range(_GUIDE_STEPS):
+        step = cs[r] <= t
+        if not step.any():
+            return r
+        r += step
+    rest = np.flatnonzero(cs[r] <= t)
+    r[rest] = np.searchsorted(cs[:m], t[rest], side="right")
+    return r
+
+
 def _exact_ranks(u: np.ndarray, n: int, theta: float) -> np.ndarray:
     """0-based Zipf ranks by inverting the cumulative law at ``u``."""
     head = _head_cumsum(theta)
     if n <= _HEAD:
-        cs = head[:n]
-        r = np.searchsorted(cs, u * cs[-1], side="right")
-        return np.minimum(r, n - 1).astype(np.int64)
+        r = _search_head(u * head[n - 1], theta, n)
+        return np.minimum(r, n - 1)
     s_head = head[-1]
     g0 = _g(_HEAD + 0.5, theta)
     t = u * (s_head + _g(n + 0.5, theta) - g0)
-    r = np.searchsorted(head, t, side="right").astype(np.int64)
+    r = _search_head(t, theta, _HEAD)
     tail = r >= _HEAD
     if tail.any():
         # rank k (1-based) past the table owns [G(k-1/2), G(k+1/2)) of the integral
@@ -383,11 +415,12 @@ class KeyChooser:
             self._bpos = pos + 1
             return self._blist[pos]
 
-    def stream(self):
+    def stream(self) -> Iterator[int]:
         """An iterator over the same keys :meth:`next` would give, for one worker's hot
-        path (no lock, no method call per key: ``next(it)``). Not shared between threads."""
-        while True:
-            yield from self.take(_NEXT_BLOCK).tolist()
+        path (no lock, no Python frame per key: ``next(it)`` is a C-level iterator).
+        Not shared between threads."""
+        blocks = iter(lambda: self.take(_NEXT_BLOCK).tolist(), None)  # endless
+        return itertools.chain.from_iterable(blocks)
 
     def take(self, count: int) -> np.ndarray:
         """The next ``count`` keys, as int64 (the same keys ``count`` calls of
