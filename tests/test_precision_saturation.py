@@ -95,10 +95,6 @@ def test_trend_sees_a_ramp_and_not_noise():
 BAD = [
     (["duration_s=auto", "precision.rel=0.0005"], ["precision.rel", "at least 0.002", "0.1%"]),
     (["duration_s=auto", "requests=100"], ["requests = 100", "set one of them"]),
-    (
-        ["service=noop", "duration_s=auto", "clients=2", "concurrency=2"],
-        ["clients = 2", "needs clients=1"],
-    ),
     (["duration_s=soon"], ["duration_s", "'soon'", "or auto"]),
     (["duration_s=auto", "precision.percentiles=[p42]"], ["precision.percentiles", "p99"]),
     (["duration_s=auto", "precision.min_s=30", "precision.max_s=10"], ["precision.max_s"]),

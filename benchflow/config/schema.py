@@ -306,17 +306,6 @@ class BenchConfig(_Strict):
             )
         return v
 
-    @field_validator("clients")
-    @classmethod
-    def _one_client_for_auto(cls, v: int, info: ValidationInfo) -> int:
-        if v > 1 and info.data.get("duration_s") == "auto":
-            raise ValueError(
-                "duration_s=auto needs clients=1 for now: its stop rule reads the histogram "
-                "of one load-generating process while it runs (those of several client "
-                "processes only meet at the end of the phase)"
-            )
-        return v
-
     @field_validator("repetition_index")
     @classmethod
     def _one_of_the_repetitions(cls, v: int | None, info) -> int | None:

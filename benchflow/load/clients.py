@@ -22,6 +22,15 @@ uncertainties (half the best round trip) and the drift between the two readings
 bound how far a shard's windows may sit from the others'
 (``clients.clock_error_ms_max``; the trial judges it, results.build). Each
 shard's own figures are kept beside the merged ones (``Recording.shards``).
+
+``duration_s=auto``: while the measured phase runs, each shard sends its latency
+histogram (sparse, cumulative) every ``CHECK_EVERY_S``; the coordinator keeps the
+sum of the shards' latest snapshots, applies :func:`benchflow.load.precision.judge`
+to it and, once precise (and ``min_s`` has passed), sends every shard the same
+instant to end its window at: ``STOP_MARGIN_S`` plus twice the largest measured
+round trip from now, on each shard's clock through its offset. A shard that dies is
+left out of the sum (its recordings are lost whole); one that hangs before its first
+snapshot leaves the phase to run to ``max_s``.
 """
 
 from __future__ import annotations
@@ -38,9 +47,10 @@ import sys
 import threading
 import time
 from dataclasses import replace
-from multiprocessing.connection import Listener
+from multiprocessing.connection import Listener, wait
 
 from benchflow.load.engine import Engine, Phase
+from benchflow.load.precision import CHECK_EVERY_S, SnapshotSum, judge
 from benchflow.load.recorder import Recording
 from benchflow.network import routable_address
 
@@ -49,6 +59,10 @@ log = logging.getLogger("benchflow.load.clients")
 READY_TIMEOUT_S = 120
 START_MARGIN_S = 0.3  # between "all ready" and the first phase
 PHASE_GAP_S = 0.5  # between phases, for the previous one to drain
+# duration_s=auto: the common stop instant is this far ahead of the coordinator's
+# decision, plus twice the largest round trip (a shard's engine looks for the stop
+# every 50 ms; the margin covers that and a busy shard's delay in reading it)
+STOP_MARGIN_S = 0.25
 
 
 def split(total: int, n: int, i: int) -> int:
@@ -106,8 +120,14 @@ def _child(conn, payload: bytes | None, stall_timeout_s: float) -> None:
                 continue
             phases = msg
             break
+        links = []
+        for j, ph in enumerate(phases):  # duration_s=auto: judged by the coordinator
+            if ph.precision is not None:
+                links.append(_ShardLink(conn, j))
+                phases[j] = replace(ph, precision=replace(ph.precision, remote=links[-1]))
         engine = Engine(driver, phases[0].concurrency, stall_timeout_s)
-        conn.send(("done", engine.run(phases)))
+        recs = engine.run(phases)
+        conn.send(("done", recs, {k: v for link in links for k, v in link.info.items()}))
         _answer_clock_probes(conn)  # the coordinator reads the clocks again, then says bye
     except BaseException as exc:  # report, never hang the parent
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -123,9 +143,47 @@ def _answer_clock_probes(conn) -> None:
             msg = conn.recv()
         except (EOFError, OSError):
             return
+        if isinstance(msg, tuple) and msg and msg[0] == "stop":
+            continue  # a stop that came after the phase had ended anyway (stalled)
         if not (isinstance(msg, tuple) and msg and msg[0] == "clock"):
             return
         conn.send(("clock", time.time_ns()))
+
+
+class _ShardLink:
+    """A shard's side of the multi-client judge (precision.RemoteJudge) over its
+    connection to the coordinator; used only from the engine's polling thread, while
+    ``_child`` waits for the phases to end."""
+
+    def __init__(self, conn, phase: int) -> None:
+        self.conn, self.phase = conn, phase
+        self.info: dict[str, float] = {}
+        self.broken = False  # the coordinator is gone: the phase runs to max_s
+
+    def send(self, snapshot: dict, elapsed_ns: int) -> None:
+        if self.broken:
+            return
+        try:
+            self.conn.send(("snap", self.phase, elapsed_ns, snapshot))
+        except (OSError, EOFError):
+            self.broken = True
+
+    def stop(self):
+        if self.broken:
+            return None
+        try:
+            while self.conn.poll(0):
+                msg = self.conn.recv()
+                if msg[0] == "stop" and msg[1] == self.phase:
+                    return msg[2], msg[3], msg[4]
+                if msg[0] == "clock":
+                    self.conn.send(("clock", time.time_ns()))
+        except (OSError, EOFError):
+            self.broken = True
+        return None
+
+    def acted(self, late_ns: int, window_ns: int) -> None:
+        self.info["stop_late_ms"] = late_ns / 1e6
 
 
 def resolve_launch(launch: str, clients: int, environ=os.environ) -> str:
@@ -195,6 +253,113 @@ class _Missing:
         return False
 
 
+class _Judge:
+    """The coordinator's side of ``duration_s=auto`` with clients > 1 (module docstring):
+    sums the shards' snapshots, judges the sum, sends the common stop."""
+
+    def __init__(self, goal, phase: int, start_ns: int, clocks: dict[int, tuple[int, int]]):
+        self.goal, self.phase = goal, phase
+        self.start_ns = start_ns  # the phase's shared start, on this process's clock
+        self.end_ns = start_ns + int(goal.max_s * 1e9)  # ... and its scheduled end
+        self.offsets = {i: v[0] for i, v in clocks.items()}
+        rtt = max((2 * v[1] for v in clocks.values()), default=0)
+        self.margin_ns = int(STOP_MARGIN_S * 1e9) + 2 * rtt
+        self.sum = SnapshotSum()
+        self.fresh = False  # a snapshot came since the last judgement
+        self.next_ns = 0
+        # once the stop is sent: (instant on our clock, samples judged, half-widths)
+        self.sent: tuple[int, int, dict[str, float | None]] | None = None
+
+    def snapshot(self, i: int, phase: int, elapsed_ns: int, snap: dict) -> None:
+        if phase == self.phase and self.sent is None:
+            self.sum.put(i, snap)
+            self.fresh = True
+
+    def forget(self, i: int) -> None:
+        """Shard ``i`` failed: its recordings are lost whole, so are its samples here."""
+        if self.sent is None:
+            self.sum.drop(i)
+
+    def poll(self, running: dict) -> None:
+        """Judge (at most every CHECK_EVERY_S / 5, after a new snapshot) and, once
+        precise, send each running shard the stop."""
+        if self.sent is not None or not running or not self.fresh:
+            return
+        now = time.time_ns()
+        if now < self.next_ns or now - self.start_ns < self.goal.min_s * 1e9:
+            return
+        if any(i not in self.sum for i in running):
+            return  # not every shard heard from yet: the sum would leave one out
+        self.next_ns, self.fresh = now + int(CHECK_EVERY_S / 5 * 1e9), False
+        stop = now + self.margin_ns
+        if stop >= self.end_ns:
+            return  # max_s ends the phase first
+        reached, ivs = judge(self.sum.hist, self.goal)
+        if not reached:
+            return
+        widths = {name: iv.rel_half_width for name, iv in ivs.items()}
+        n = self.sum.hist.count
+        self.sent = (stop, n, widths)
+        for i, c in running.items():
+            with contextlib.suppress(OSError):  # one that died: its recv fails
+                c.send(("stop", self.phase, stop + self.offsets.get(i, 0), n, widths))
+        log.info(
+            "precision reached over %d clients after %.1f s (%d samples): the measured "
+            "phase ends %.0f ms from now",
+            len(running),
+            (now - self.start_ns) / 1e9,
+            n,
+            self.margin_ns / 1e6,
+        )
+
+    def settle(self, rec: Recording, shard_recs: list[Recording]) -> None:
+        """The merged recording's stop: the judge's, when every shard that finished
+        ended its window at the stop; else max_s, judged on the merged histogram."""
+        if (
+            self.sent is not None
+            and shard_recs
+            and all(r.stop_by == "precision" for r in shard_recs)
+        ):
+            rec.stop_by, rec.stop_at_ns = "precision", rec.window_ns
+            rec.stop_samples, rec.stop_widths = self.sent[1], dict(self.sent[2])
+            return
+        rec.stop_by, rec.stop_at_ns = "max_s", rec.window_ns
+        rec.stop_samples = rec.hist["latency"].count
+        _, ivs = judge(rec.hist["latency"], self.goal)
+        rec.stop_widths = {name: iv.rel_half_width for name, iv in ivs.items()}
+
+
+def _collect(conns, failed: dict[int, str], procs, launch: str, judge_: _Judge | None):
+    """Every running client's recordings (and what it says of its stop), by index;
+    meanwhile each shard's snapshots reach ``judge_``. A client that dies or fails is
+    added to ``failed``; the others go on."""
+    running = {i: c for i, c in enumerate(conns) if i not in failed}
+    out: dict[int, tuple[list[Recording], dict]] = {}
+    while running:
+        ready = wait(list(running.values()), 0.05 if judge_ is not None else None)
+        for c in ready:
+            i = next(k for k, v in running.items() if v is c)
+            try:
+                msg = c.recv()
+            except (EOFError, OSError):
+                code = getattr(procs[i], "exitcode", None) if launch != "srun" else None
+                msg = ("error", f"client process exited (code {code})")
+            if msg[0] == "snap":
+                if judge_ is not None:
+                    judge_.snapshot(i, *msg[1:])
+                continue
+            del running[i]
+            if msg[0] == "done":
+                out[i] = (msg[1], msg[2] if len(msg) > 2 else {})
+            else:
+                failed[i] = msg[1]
+                if judge_ is not None:
+                    judge_.forget(i)
+        if judge_ is not None:
+            judge_.poll(running)
+    return out
+
+
 def clock_offsets(conns, failed: dict[int, str], probes: int = 5) -> dict[int, tuple[int, int]]:
     """Each client's clock minus ours and the reading's uncertainty (half the round
     trip), in ns: NTP-style, the probe with the least round trip.
@@ -225,7 +390,13 @@ def _shard_figures(rec: Recording) -> dict[str, float | None]:
     """One shard's own figures for a phase (for inspection; the result merges histograms)."""
     h = rec.hist["latency"]
     p50, p99 = ((h.percentile(q) / 1e6 if h.count else None) for q in (50, 99))
-    return {"requests": rec.ok, "errors": sum(rec.errors.values()), "p50_ms": p50, "p99_ms": p99}
+    return {
+        "requests": rec.ok,
+        "errors": sum(rec.errors.values()),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "window_s": rec.window_s(),
+    }
 
 
 def run_clients(
@@ -290,27 +461,33 @@ def run_clients(
                 c.send(shards[i])
             except OSError:
                 failed[i] = "client process exited before it got its schedule"
+    ours = shard_phases(phases, clients, 0, start)  # on this process's clock
     timer = None
     if before:
-        ours = shard_phases(phases, clients, 0, start)  # on this process's clock
         timer = threading.Thread(target=_call_before, args=(before, ours), daemon=True)
         timer.start()
+    goals = [j for j, ph in enumerate(phases) if ph.precision is not None]
+    judge_ = None
+    if goals:  # duration_s=auto: the measured phase
+        judge_ = _Judge(
+            phases[goals[-1]].precision, goals[-1], ours[goals[-1]].start_wall_ns, clocks
+        )
+    got = _collect(conns, failed, procs, launch, judge_)
     merged: list[Recording | None] = [None] * len(phases)
     own: dict[int, dict] = {}  # each shard's figures in the last (measured) phase
-    for i, c in enumerate(conns):
-        if i in failed:
-            continue
-        try:
-            kind, data = c.recv()
-        except EOFError:
-            code = getattr(procs[i], "exitcode", None) if launch != "srun" else None
-            kind, data = "error", f"client process exited (code {code})"
-        if kind == "error":
-            failed[i] = data
-            continue
-        own[i] = _shard_figures(data[-1])
+    for i in sorted(got):
+        data, said = got[i]
+        last = data[-1]
+        own[i] = {**_shard_figures(last), **said}
+        if last.window_ns:  # where its window ended: on our clock, from the shared start
+            start_here = last.wall_start_s * 1e9 - offsets.get(i, 0)
+            own[i]["window_end_ms"] = (start_here - ours[-1].start_wall_ns + last.window_ns) / 1e6
+        if last.stop_by is not None:
+            own[i]["stop_by"] = last.stop_by
         for j, rec in enumerate(data):
             merged[j] = rec if merged[j] is None else merged[j].merge(rec)
+    if judge_ is not None and merged[judge_.phase] is not None:
+        judge_.settle(merged[judge_.phase], [got[i][0][judge_.phase] for i in sorted(got)])
     after = clock_offsets(conns, dict(failed))  # again, now the load is over
     for i, c in enumerate(conns):
         if i not in failed:
@@ -354,6 +531,15 @@ def run_clients(
             for k in ("requests", "p50_ms", "p99_ms", "clock_error_ms"):
                 if r.get(k) is not None:
                     report[f"clients.{r['client']}.{k}"] = float(r[k])
+        if judge_ is not None:  # duration_s=auto: how closely the shards' windows ended
+            ends = {r["client"]: r["window_end_ms"] for r in table if "window_end_ms" in r}
+            for i, v in ends.items():
+                report[f"clients.{i}.window_end_ms"] = float(v)
+            if ends:
+                report["clients.window_end_spread_ms"] = max(ends.values()) - min(ends.values())
+            late = [r["stop_late_ms"] for r in table if "stop_late_ms" in r]
+            if late:  # a shard that read the stop after its instant ended then
+                report["clients.stop_late_ms_max"] = max(late)
     return merged  # type: ignore[return-value]
 
 

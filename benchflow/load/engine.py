@@ -17,7 +17,10 @@ A phase with a :class:`~benchflow.load.precision.PrecisionGoal`
 (``duration_s=auto``) is scheduled for ``max_s`` and looks at its latency
 histogram every ``CHECK_EVERY_S``: once ``min_s`` has passed and every judged
 percentile's interval is within ±rel, no request starts any more (the schedule is
-closed), the window ends there and the requests in flight drain as usual.
+closed), the window ends there and the requests in flight drain as usual. With
+``clients>1`` each client shard sends its histogram to the coordinator instead, which
+judges the merged one and names the common instant every shard's window ends at
+(benchflow.load.clients).
 """
 
 from __future__ import annotations
@@ -168,8 +171,9 @@ class Engine:
     def _run_threads(self, phase: Phase, states: list) -> Recording:
         window_ns, sched, quota, mix = _plan(phase)
         gates = _Gates.of(phase)
-        rec = self.recorder = _recorder(window_ns, sched, mix, gates)
+        rec = self.recorder = _recorder(window_ns, sched, mix, gates, self.concurrency)
         names = mix.names if mix else None
+        flush_every = rec.flush_every
         t0 = _start(phase)
         rec.recording.wall_start_s = time.time() - (pc() - t0) / 1e9
         deadline = _Deadline(t0 + window_ns if window_ns else None)
@@ -226,7 +230,7 @@ class Engine:
                 fb = fb - t0 if fb else 0
                 add(intended - t0, start - t0, fb, stop - t0, size or 0, code, cls)
                 n += 1
-                if n % Recorder.FLUSH_EVERY == 0 or rec.flush_gen != flushed:
+                if n % flush_every == 0 or rec.flush_gen != flushed:
                     flushed = rec.flush_gen
                     rec.flush(buf)
 
@@ -279,7 +283,7 @@ class Engine:
     async def _run_async_phase(self, phase: Phase, states: list) -> Recording:
         window_ns, sched, quota, mix = _plan(phase)
         gates = _Gates.of(phase)
-        rec = self.recorder = _recorder(window_ns, sched, mix, gates)
+        rec = self.recorder = _recorder(window_ns, sched, mix, gates, self.concurrency)
         names = mix.names if mix else None
         if phase.start_wall_ns is not None:
             await asleep_until(pc() + max(0, phase.start_wall_ns - time.time_ns()))
@@ -311,7 +315,7 @@ class Engine:
             fb = ctx.first_byte_ns
             fb = fb - t0 if fb else 0
             buf.add(intended - t0, start - t0, fb, stop - t0, size or 0, code, cls)
-            if len(buf) >= Recorder.FLUSH_EVERY:
+            if len(buf) >= rec.flush_every:
                 rec.flush(buf)
 
         async def closed(w: int) -> None:
@@ -394,7 +398,13 @@ class _Deadline:
 
 
 class _PrecisionCheck:
-    """Ends a duration_s=auto phase once its percentiles are known well enough."""
+    """Ends a duration_s=auto phase once its percentiles are known well enough.
+
+    On a client shard (clients>1: ``goal.remote`` set, benchflow.load.clients) it does
+    not judge: every ``CHECK_EVERY_S`` it sends its latency histogram to the
+    coordinator, which judges the shards' merged histograms, and once the coordinator's
+    stop comes it ends the window at the common instant the stop names (moving the
+    deadline there, a little in the future) exactly as a local stop ends it now."""
 
     def __init__(self, goal, rec: Recorder, t0: int, deadline: _Deadline, sched, threads: bool):
         self.goal, self.rec, self.t0, self.deadline, self.sched = goal, rec, t0, deadline, sched
@@ -402,18 +412,22 @@ class _PrecisionCheck:
         self.every_ns = int(CHECK_EVERY_S * 1e9)
         self.next_ns = t0 + int(goal.min_s * 1e9) - self.every_ns if goal else 0
         self.stopped = False
+        self.remote = getattr(goal, "remote", None)
+        self.closing = False  # remote stop: close the schedule once its instant has passed
 
     def poll(self) -> None:
-        if self.goal is None or self.stopped:
+        if self.goal is None:
+            return
+        if self.remote is not None:
+            self._poll_remote()
+            return
+        if self.stopped:
             return
         now = pc()
         if now < self.next_ns:
             return
         self.next_ns = now + self.every_ns
-        if self.threads:
-            self.rec.flush_gen += 1  # each worker flushes after its current request
-        else:
-            self.rec.flush_all()  # one thread: nothing appends meanwhile
+        self._flush()
         if now - self.t0 < self.goal.min_s * 1e9 or (
             self.deadline.at is not None and now >= self.deadline.at
         ):
@@ -436,6 +450,59 @@ class _PrecisionCheck:
         log.info(
             "precision reached after %.1f s (%d samples): measured phase ended", elapsed / 1e9, n
         )
+
+    def _flush(self) -> None:
+        if self.threads:
+            self.rec.flush_gen += 1  # each worker flushes after its current request
+        else:
+            self.rec.flush_all()  # one thread: nothing appends meanwhile
+
+    def _poll_remote(self) -> None:
+        """A client shard: send snapshots, and end the window where the coordinator says."""
+        now = pc()
+        if self.stopped:
+            if self.closing and now >= self.deadline.at:
+                self.closing = False
+                if self.sched is not None:
+                    self.sched.close()
+            return
+        stop = self.remote.stop()
+        if stop is not None:
+            self._stop_at(*stop)
+            return
+        if now < self.next_ns:
+            return
+        self.next_ns = now + self.every_ns
+        self._flush()
+        if self.deadline.at is not None and now >= self.deadline.at:
+            return  # the phase is over anyway (max_s)
+        with self.rec._lock:  # a consistent snapshot: no fold meanwhile
+            snap = self.rec.recording.hist["latency"].to_dict()
+        self.remote.send(snap, now - self.t0)
+
+    def _stop_at(self, wall_ns: int, samples: int, widths: dict) -> None:
+        """End the window at ``wall_ns`` (this process's wall clock) — or now, if that
+        instant has passed already (the window is then the actual one, a little longer)."""
+        now = pc()
+        asked = now + (wall_ns - time.time_ns())  # the instant on the perf clock
+        r = self.rec.recording
+        with self.rec._lock:  # no fold meanwhile: each request is in or out of the window
+            if self.deadline.at is not None and asked >= self.deadline.at:
+                return  # at or after max_s: the phase ends there (done() records it)
+            at = max(asked, now)
+            self.deadline.at = at
+            r.window_ns = at - self.t0
+            r.stop_by, r.stop_at_ns, r.stop_samples = "precision", at - self.t0, samples
+            r.stop_widths = dict(widths)
+        self.stopped = self.closing = True
+        self.remote.acted(at - asked, at - self.t0)
+        log.info(
+            "precision reached (judged over all clients, %d samples): measured phase ends "
+            "after %.3f s",
+            samples,
+            (at - self.t0) / 1e9,
+        )
+        self._poll_remote()  # an instant already past: close the schedule now
 
     def done(self) -> None:
         """After the phase: one that ended on its own ran to max_s (or stalled)."""
@@ -541,12 +608,14 @@ def _plan(phase: Phase) -> tuple[int, Schedule | None, _Quota | None, Mix | None
     return window_ns, sched, quota, mix
 
 
-def _recorder(window_ns: int, sched: Schedule | None, mix: Mix | None, gates=None) -> Recorder:
+def _recorder(
+    window_ns: int, sched: Schedule | None, mix: Mix | None, gates=None, workers: int = 1
+) -> Recorder:
     if gates is not None:
         stages = gates.starts_ns
     else:
         stages = sched.stage_starts_ns if sched is not None and window_ns else ()
-    return Recorder(window_ns, mix.names if mix else (), stages)
+    return Recorder(window_ns, mix.names if mix else (), stages, workers)
 
 
 class _Gates:

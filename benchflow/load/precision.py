@@ -20,12 +20,21 @@ being the reported (nearest-rank) percentile.
 Because the edges are buckets apart, a half-width below about one bucket
 (``LogHistogram.rel_error``, 0.1 %) cannot be claimed; :data:`MIN_REL` (two
 buckets) is the smallest goal accepted.
+
+With ``clients>1`` no process holds the whole histogram while the phase runs: each
+client shard's engine sends a snapshot of its latency histogram every
+``CHECK_EVERY_S`` (:meth:`RemoteJudge.send`) to the coordinator
+(benchflow.load.clients), which merges the shards' latest snapshots
+(:class:`SnapshotSum`), applies the same :func:`judge`, and once precise sends every
+shard one common wall-clock instant to end its window at
+(:meth:`RemoteJudge.stop`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -47,6 +56,25 @@ class PrecisionGoal:
     min_s: float  # never end before this much of the measured phase
     max_s: float  # and always by this much (the phase's scheduled length)
     percentiles: tuple[tuple[str, float], ...]  # (name, q in percent): ("p99", 99.0)
+    # clients>1: the shard's link to the coordinator's judge (set on the shard, never
+    # pickled with a value); None: the engine judges its own histogram
+    remote: Any = field(default=None, compare=False, repr=False)
+
+
+class RemoteJudge(Protocol):
+    """A client shard's side of the multi-client judge (benchflow.load.clients)."""
+
+    def send(self, snapshot: dict, elapsed_ns: int) -> None:
+        """Hand the coordinator the phase's latency histogram so far
+        (``LogHistogram.to_dict``), ``elapsed_ns`` into the phase."""
+
+    def stop(self) -> tuple[int, int, dict[str, float | None]] | None:
+        """The coordinator's stop, if it came (never blocks): (the instant to end the
+        window at, wall-clock ns on this process's clock; the successful requests the
+        judge saw; the judged percentiles' relative half-widths then)."""
+
+    def acted(self, late_ns: int, window_ns: int) -> None:
+        """The window ended ``late_ns`` after the instant asked for (0: on time)."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +153,52 @@ def interval(hist: LogHistogram, q: float, confidence: float) -> Interval:
     low = min(max(low, hist.vmin), hist.vmax)
     high = min(max(high, hist.vmin), hist.vmax)
     return Interval(q, n, est, low, high)
+
+
+class SnapshotSum:
+    """The sum of several shards' latest latency snapshots (each cumulative, as
+    ``LogHistogram.to_dict`` gives it), kept up to date as each shard sends a new one:
+    only the buckets a snapshot holds are touched, so a coordinator of many shards can
+    judge at every snapshot."""
+
+    def __init__(self) -> None:
+        self.hist = LogHistogram()
+        self._last: dict[Any, dict] = {}
+
+    def __contains__(self, key) -> bool:
+        return key in self._last
+
+    def put(self, key, snap: dict) -> None:
+        """Shard ``key``'s latest snapshot replaces its previous one."""
+        if snap["rel_error"] != self.hist.rel_error:
+            raise ValueError("cannot merge histograms of different precision")
+        self._add(self._last.pop(key, None), -1)
+        self._add(snap, 1)
+        self._last[key] = snap
+        self._extremes()
+
+    def drop(self, key) -> None:
+        """Leave shard ``key`` out (it failed: its recordings are lost whole)."""
+        self._add(self._last.pop(key, None), -1)
+        self._extremes()
+
+    def _add(self, snap: dict | None, sign: int) -> None:
+        if snap is None:
+            return
+        h = self.hist
+        np.add.at(
+            h.counts,
+            np.asarray(snap["buckets"], np.int64),
+            sign * np.asarray(snap["counts"], np.int64),
+        )
+        h.count += sign * int(snap["count"])
+        h.total += sign * float(snap["total_ns"])
+
+    def _extremes(self) -> None:
+        lows = [s["min_ns"] for s in self._last.values() if s["min_ns"] is not None]
+        highs = [s["max_ns"] for s in self._last.values() if s["max_ns"] is not None]
+        self.hist.vmin = min(lows, default=math.inf)
+        self.hist.vmax = max(highs, default=-math.inf)
 
 
 def judge(hist: LogHistogram, goal: PrecisionGoal) -> tuple[bool, dict[str, Interval]]:
