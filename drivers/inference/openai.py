@@ -32,7 +32,11 @@ Workload shapes (docs/drivers.md, "Workload shapes for LLM servers"):
   seed (fixed, uniform, normal, lognormal, empirical); ``extra.lengths.*`` sums them up;
 - ``sessions.turns``: one request is a conversation whose turns resend the history
   (``drivers/inference/sessions.py``), with ``distributions.turn<k>.ttft``; where the
-  server says how many prompt tokens it found cached, ``extra.prefix_cache.hit_rate``.
+  server says how many prompt tokens it found cached, ``extra.prefix_cache.hit_rate``;
+  ``sessions.dataset``: the conversations' user turns come from a JSONL file
+  (ShareGPT or OpenAI messages; ``drivers/inference/conversations.py``), the history
+  holds the server's own answers, and the dataset's answers set each turn's
+  ``max_tokens``.
 
 Errors by class: ``http_<status>``, ``timeout``, ``connection_refused``,
 ``connection_lost``, ``truncated`` (the stream ended before its end: no
@@ -68,9 +72,16 @@ from benchflow.workload.lengths import summarize as summarize_lengths
 from benchflow.workload.prompts import prompt_for, synthetic_prompt
 from drivers.base import ConfigRefused, Driver, DriverError, ServiceSettings
 from drivers.inference import launchers, prompts
+from drivers.inference.conversations import ConversationError, index_conversations
 from drivers.inference.launchers import ContainerSettings
 from drivers.inference.server_metrics import MetricsWatch
-from drivers.inference.sessions import Groups, SessionSettings, history_text
+from drivers.inference.sessions import (
+    DatasetSessions,
+    Groups,
+    SessionSettings,
+    answer_budget,
+    history_text,
+)
 
 log = logging.getLogger("benchflow.drivers.openai")
 pc = time.perf_counter_ns
@@ -218,6 +229,10 @@ class OpenAIDriver(Driver):
             out.append("prompts.block_tokens")
         if settings.sessions == SessionSettings():
             out.append("sessions")
+        if settings.sessions.dataset is None:  # as before the key existed: same hashes
+            out.append("sessions.dataset")
+        if settings.sessions.max_turns is None:
+            out.append("sessions.max_turns")
         return tuple(out)
 
     @classmethod
@@ -243,6 +258,7 @@ class OpenAIDriver(Driver):
             raise ConfigRefused(
                 "batch", run.batch, "service.sessions: one conversation per request; use batch=1"
             )
+        cls._check_dataset(s.sessions)
         if run.batch > 1 and not s.prompt_lists:
             raise ConfigRefused(
                 "batch",
@@ -263,6 +279,43 @@ class OpenAIDriver(Driver):
                 "service.prompts.prefix_tokens", s.prompts.prefix_tokens, "synthetic prompts only"
             )
 
+    @staticmethod
+    def _check_dataset(ss: SessionSettings) -> None:
+        """``sessions.dataset``: the file is read (indexed) here, so a missing file or a
+        malformed line exits 2 before any trial (the index is cached for setup)."""
+        if ss.dataset is None:
+            if ss.max_turns is not None:
+                raise ConfigRefused(
+                    "service.sessions.max_turns",
+                    ss.max_turns,
+                    "caps a dataset's conversations: set service.sessions.dataset too "
+                    "(synthetic sessions: service.sessions.turns)",
+                )
+            return
+        if ss.turns != 1:
+            raise ConfigRefused(
+                "service.sessions.turns",
+                ss.turns,
+                "1 with service.sessions.dataset: its conversations give the turns "
+                "(cap them with service.sessions.max_turns)",
+            )
+        try:
+            found = index_conversations(ss.dataset)
+        except ConversationError as exc:
+            raise ConfigRefused(
+                "service.sessions.dataset",
+                ss.dataset,
+                f"{exc} (a JSONL file, one conversation a line: ShareGPT 'conversations' "
+                "or OpenAI 'messages'; a relative path is taken from the working directory)",
+            ) from None
+        if not len(found):
+            raise ConfigRefused(
+                "service.sessions.dataset",
+                ss.dataset,
+                f"no conversation with a user turn in it ({found.skipped} skipped, "
+                f"{found.lines} lines)",
+            )
+
     def __init__(self, settings: OpenAISettings, trial) -> None:
         super().__init__(settings, trial)
         self.server = None
@@ -275,6 +328,10 @@ class OpenAIDriver(Driver):
         self._plans: dict[str, _Plan] = {}  # service.classes
         self._groups: Groups | None = None
         self._sessions = itertools.count()
+        self._dataset: DatasetSessions | None = None  # sessions.dataset
+        self._measuring = False  # measured sessions take the order from its start
+        self._conv_measured = itertools.count()
+        self._conv_warm = itertools.count()  # warm-up sessions: from the order's end
         self._watch: MetricsWatch | None = None
         self._reset_counters()
 
@@ -332,7 +389,10 @@ class OpenAIDriver(Driver):
                 self._groups = Groups(s.sessions, self.trial.run.seed)
             fig["prompts"] = len(self.pool)
             fig["input_tokens_mean"] = sum(p.input_tokens for p in self.pool) / len(self.pool)
-        self._record_lengths()
+            if s.sessions.dataset is not None:
+                self._open_dataset(fig)
+        if self._dataset is None:  # a dataset's turns are not the pool's prompts
+            self._record_lengths()
         self.method = self._probe_method()
         self.trial.notes.append(f"output tokens counted from: {self.method}")
         if not s.stream:
@@ -358,6 +418,27 @@ class OpenAIDriver(Driver):
             in_lengths=_draw(p.input_dist, input_tokens, seed, 0, p.count),
             out_lengths=_draw(p.output_dist, max_tokens, seed, 1, p.count),
         )
+
+    def _open_dataset(self, fig: dict[str, float]) -> None:
+        """``sessions.dataset``: its index (cached since validation), the trial's order
+        of its conversations, and its lineage: ``custom.sessions.dataset.*`` (path,
+        sha256, lines, conversations, user turns, skipped) and ``extra.sessions.dataset.*``."""
+        try:
+            self._dataset = DatasetSessions(self.settings.sessions, self.trial.run.seed)
+        except ConversationError as exc:
+            raise DriverError(str(exc), "bad_dataset") from None
+        f = self._dataset.file
+        fig["conversations"] = len(f)
+        info = {"given": self.settings.sessions.dataset, **f.describe()}
+        self.trial.custom.setdefault("sessions", {})["dataset"] = info
+        self.trial.extra["sessions.dataset.conversations"] = float(len(f))
+        self.trial.extra["sessions.dataset.skipped"] = float(f.skipped)
+        note = (
+            f"conversations from {f.path} (sha256 {f.sha256}): {len(f)} with a user turn, "
+            f"{f.skipped} skipped (no user turn)"
+        )
+        self.trial.notes.append(note)
+        (log.warning if f.skipped else log.info)("%s", note)
 
     def _record_lengths(self) -> None:
         """The pool's lengths, as drawn, in ``extra.lengths.{input,output}.*`` (replaced
@@ -518,6 +599,8 @@ class OpenAIDriver(Driver):
     async def operation(self, ctx) -> int:
         s = self.settings
         plan = self._plans.get(ctx.cls, self._plan) if ctx.cls else self._plan
+        if self._dataset is not None:  # a trace gives the arrival times only
+            return await self._session(ctx, plan, None)
         group = [self._trace_prompt(ctx.item, plan)] if ctx.item is not None else self._take(plan)
         for p in group:  # the lengths asked for, summarized in measure_end
             self._sent_in.append(p.input_tokens)
@@ -536,8 +619,9 @@ class OpenAIDriver(Driver):
             ctx.observe("slo_met", end - intended)
         return n_out
 
-    async def _session(self, ctx, plan: _Plan, opening: prompts.Prompt) -> int:
-        """One conversation of ``sessions.turns`` turns, each resending the history
+    async def _session(self, ctx, plan: _Plan, opening: prompts.Prompt | None) -> int:
+        """One conversation of ``sessions.turns`` turns (``opening`` None: the next
+        conversation of ``sessions.dataset``), each resending the history
         (sessions.py). TTFT per turn is ``turn<k>.ttft`` (turn 1 from the session's
         intended start, later turns from their send); ``ttft`` is turn 1's, the
         request's latency the whole session's, think times included."""
@@ -547,10 +631,35 @@ class OpenAIDriver(Driver):
         group = self._groups.of(next(self._sessions)) if self._groups else None
         if group is not None:
             messages.append({"role": "system", "content": self._groups.texts[group]})
+        conv, counted = None, False
+        if opening is None:
+            counted = self._measuring
+            conv = self._next_conversation(counted)
+            n_turns = len(conv.turns)
+            if conv.system:  # one system message: the group's prompt, then the dataset's
+                if messages:
+                    messages[0]["content"] += "\n" + conv.system
+                else:
+                    messages.append({"role": "system", "content": conv.system})
+            if counted:
+                self._sent_sessions += 1
         total = ttft_first = 0
         tpot = None
         for k in range(1, n_turns + 1):
-            prompt = opening if k == 1 else self._take(plan, 1)[0]
+            if conv is not None:
+                turn = conv.turns[k - 1]
+                prompt = prompts.Prompt(
+                    turn.user,
+                    None,
+                    len(turn.user.split()),
+                    answer_budget(turn.answer, plan.max_tokens),
+                )
+                self._sent_in.append(prompt.input_tokens)
+                self._sent_out.append(prompt.output_tokens)
+                if counted:
+                    self._sent_turns += 1
+            else:
+                prompt = opening if k == 1 else self._take(plan, 1)[0]
             messages.append({"role": "user", "content": prompt.text})
             body = self._body([prompt], plan=plan, messages=list(messages))
             sent = pc()
@@ -572,6 +681,15 @@ class OpenAIDriver(Driver):
         if s.slo.any() and self._meets_slo(ttft_first, tpot, end, intended):
             ctx.observe("slo_met", end - intended)
         return total
+
+    def _next_conversation(self, measured: bool):
+        """The dataset's conversation for the next session: measured sessions take the
+        seeded order from its start (0, 1, ...), warm-up ones from its end (-1, -2, ...)."""
+        j = next(self._conv_measured) if measured else -1 - next(self._conv_warm)
+        try:
+            return self._dataset.conversation(j)
+        except ConversationError as exc:
+            raise DriverError(str(exc), "bad_dataset") from None
 
     def _tpot(self, ctx, per_choice: float, first: int, last: int) -> float | None:
         tpot = (last - first) / (per_choice - 1) if first and per_choice > 1 else None
@@ -736,9 +854,11 @@ class OpenAIDriver(Driver):
         self._in_tokens = 0
         self._cache = {"cached": 0, "prompt": 0, "requests": 0}
         self._sent_in, self._sent_out = array("q"), array("q")
+        self._sent_sessions = self._sent_turns = 0  # sessions.dataset, measured
 
     def measure_start(self) -> None:
         self._reset_counters()
+        self._measuring = True
         s = self.settings
         if s.metrics:
             self._watch = MetricsWatch(
@@ -757,6 +877,9 @@ class OpenAIDriver(Driver):
             for key, values in (("input", self._sent_in), ("output", self._sent_out)):
                 for stat, v in summarize_lengths(np.asarray(values)).items():
                     out[f"lengths.{key}.{stat}"] = float(v)
+        if self._sent_sessions:  # sessions.dataset: conversations and turns sent
+            out["sessions.conversations"] = float(self._sent_sessions)
+            out["sessions.turns"] = float(self._sent_turns)
         c = self._cache
         if c["requests"] and c["prompt"]:  # the server says what its prefix cache held
             out["prefix_cache.hit_rate"] = c["cached"] / c["prompt"]
@@ -787,6 +910,8 @@ class OpenAIDriver(Driver):
             self._watch = None
         if self.server is not None:
             self.server.stop()
+        if self._dataset is not None:
+            self._dataset.file.close()
 
     def __getstate__(self):
         # Client processes get the endpoint and the prompts, not the server handle.
@@ -794,6 +919,7 @@ class OpenAIDriver(Driver):
         state["server"] = None
         state["_watch"] = None
         state["_sessions"] = None
+        state["_conv_measured"] = state["_conv_warm"] = None
         state["tokenizer"] = None  # native objects do not pickle: reloaded below
         return state
 
@@ -806,6 +932,10 @@ class OpenAIDriver(Driver):
             if plan is not None:
                 plan.counter = itertools.count((os.getpid() * 7919) % max(1, len(plan.pool)))
         self._sessions = itertools.count((os.getpid() * 7919) % 1_000_003)
+        # sessions.dataset: a client process is never told the measured phase began;
+        # its sessions take the order from the end, from a point of its own
+        self._conv_measured = itertools.count()
+        self._conv_warm = itertools.count((os.getpid() * 7919) % 1_000_003)
 
 
 def _draw(
