@@ -306,10 +306,14 @@ def start(d: Path, nodes: int = 1) -> dict[str, str]:
             )  # fmt: skip
         _wait("slurmd idle", lambda: _idle(env, nodes), 60, d / f"slurmd-{net.names[-1]}.log")
         _run(["srun", f"--nodes={nodes}", "--time=1", "true"], env=env, timeout=60)
+        # the probe's nodes stay "completing" until their slurmd reports the step's end
+        # (seconds, on a loaded machine): ready means idle again
+        _wait("nodes idle after the probe", lambda: _idle(env, nodes), 60)
     else:
         _run(["slurmd", "-N", host], env=env)
         _wait("slurmd idle", lambda: _idle(env), 60, d / f"slurmd-{host}.log")
         _run(["srun", "--time=1", "true"], env=env, timeout=60)  # the end-to-end probe
+        _wait("node idle after the probe", lambda: _idle(env), 60)
     out = {
         "SLURM_CONF": str(conf),
         "SLURM_CLUSTER": cluster,
